@@ -1,0 +1,79 @@
+"""The stable layout of one run directory. Every stage reads earlier stages' artifacts from here.
+
+    runs/<name>/
+      data/          manifest.parquet, images/, meta.json, ground_truth.parquet (EVALUATION ONLY)
+      clip/          the small CLIP (open_clip config + safetensors + tokenizer/), metrics.json
+      embed/         the embedding store (header.json, *.f32 memmaps, status.parquet)
+      classifier/    model.safetensors, config.json, metrics.csv
+      transcoders/   ensemble.safetensors, config.json, metrics.parquet, checkpoints/
+      patterns/      patterns.parquet, directions.safetensors, evaluation.csv, maps/
+      attribution/   attribution tables, faithfulness figures
+      notebooks/     executed notebooks
+      metrics/       <notebook>.json, the key figures each notebook records
+      gallery.html
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run; creating the object creates nothing on disk."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    def stage(self, name: str) -> Path:
+        """The folder of a stage, created on first use."""
+        p = self.root / name
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def data(self) -> Path:
+        return self.stage("data")
+
+    @property
+    def manifest(self) -> Path:
+        return self.data / "manifest.parquet"
+
+    @property
+    def ground_truth(self) -> Path:
+        # Only evaluation code may open this (tests enforce it): see lanic_nb.evaluation.
+        return self.data / "ground_truth.parquet"
+
+    @property
+    def clip(self) -> Path:
+        return self.stage("clip")
+
+    @property
+    def embed(self) -> Path:
+        return self.stage("embed")
+
+    @property
+    def classifier(self) -> Path:
+        return self.stage("classifier")
+
+    @property
+    def transcoders(self) -> Path:
+        return self.stage("transcoders")
+
+    @property
+    def patterns(self) -> Path:
+        return self.stage("patterns")
+
+    @property
+    def attribution(self) -> Path:
+        return self.stage("attribution")
+
+    @property
+    def metrics(self) -> Path:
+        return self.stage("metrics")
+
+    def metrics_file(self, notebook: str) -> Path:
+        return self.metrics / f"{notebook}.json"
