@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN ?= runs/demo
 SIZE ?= demo
-export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba
+# numba compiles UMAP once (~60 s); keep its cache outside the clone so fresh clones reuse it.
+export NUMBA_CACHE_DIR ?= $(HOME)/.cache/lanic_nb/numba
 export MPLBACKEND := Agg
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -28,7 +29,7 @@ demo: $(STAMP)
 	$(PY) -m lanic_nb.run_notebooks --run-dir $(RUN) --size $(SIZE)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --timeout=1200 tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check lanic_nb tests bench
