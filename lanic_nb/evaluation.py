@@ -1,0 +1,56 @@
+"""Evaluation-only access to planted truth.
+
+The phantom's ground-truth table (every planted concept: presence, side, severity, category) is what
+later stages are benchmarked against. Training stages must never see it, so this module is the ONLY
+place in the package that opens ``ground_truth.parquet``; evaluation code calls ``load_ground_truth``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from lanic_nb.io import read_table
+from lanic_nb.rundir import RunDir
+
+GROUND_TRUTH_COLUMNS = ("image_id", "concept", "category", "present", "side", "severity")
+
+
+def has_ground_truth(run_dir: str | Path) -> bool:
+    """Whether the run's data has planted truth (phantom runs do, real datasets do not)."""
+    return RunDir(Path(run_dir)).ground_truth.exists()
+
+
+def load_ground_truth(run_dir: str | Path) -> pd.DataFrame:
+    """The long truth table of a run: one row per (image, concept)."""
+    path = RunDir(Path(run_dir)).ground_truth
+    if not path.exists():
+        raise FileNotFoundError(f"no ground truth at {path}: only phantom runs have planted truth")
+    gt = read_table(path)
+    missing = [c for c in GROUND_TRUTH_COLUMNS if c not in gt]
+    if missing:
+        raise ValueError(f"ground truth at {path} lacks columns {missing}")
+    return gt
+
+
+def ground_truth_matrix(gt: pd.DataFrame, image_ids: Sequence[str], value: str = "present") -> pd.DataFrame:
+    """(n_images, n_concepts) table of ``value`` ("present" bool or "severity"), rows in ``image_ids`` order.
+
+    Raises KeyError naming an image that the truth table does not cover.
+    """
+    if value not in ("present", "severity"):
+        raise ValueError(f"value must be 'present' or 'severity', got {value!r}")
+    wide = gt.pivot(index="image_id", columns="concept", values=value)
+    missing = pd.Index(image_ids).difference(wide.index)
+    if len(missing):
+        raise KeyError(f"image {missing[0]!r} has no ground truth")
+    wide = wide.loc[list(image_ids)]
+    wide.columns.name = None
+    return wide.astype(bool) if value == "present" else wide.astype("float32")
+
+
+def concept_categories(gt: pd.DataFrame) -> dict[str, str]:
+    """Concept name -> its category (cardiac, pulmonary, pleural, structural, device, artifact)."""
+    return dict(gt.drop_duplicates("concept")[["concept", "category"]].itertuples(index=False, name=None))

@@ -1,0 +1,162 @@
+"""Image loading: PNG/JPEG (PIL) and DICOM (pydicom) into one grayscale float32 array in [0, 1].
+
+Every reader of every dataset ends here, so the display conventions live in one place:
+- 8-bit images are divided by 255, 16-bit ones by 65535 (no per-image stretching, so a dark image
+  stays dark), colour images are converted to luminance.
+- DICOM follows the standard's display pipeline (PS3.3 C.11): Modality LUT / Rescale Slope+Intercept,
+  then the first VOI transform (VOI LUT Sequence, else Window Center/Width with its VOI LUT Function),
+  else a min-max stretch of the stored values; MONOCHROME1 (bright = low values) is inverted so that
+  bone is always bright.
+A file that cannot be decoded raises ImageReadError with the reason, which the embedding store records.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+class ImageReadError(Exception):
+    """An image that cannot be read; ``reason`` is a short, human-readable cause."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {self.path}: {reason}")
+
+
+def is_dicom(path: str | Path) -> bool:
+    """True for a .dcm/.dicom suffix or the DICM magic at byte 128 (DICOM files often have no suffix)."""
+    p = Path(path)
+    if p.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read ``path`` as a float32 (H, W) array in [0, 1]; raise ImageReadError if that is impossible."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError(p, "file not found")
+    if p.stat().st_size == 0:
+        raise ImageReadError(p, "empty file")
+    img = _load_dicom(p) if is_dicom(p) else _load_pil(p)
+    if img.ndim != 2 or img.size == 0:
+        raise ImageReadError(p, f"expected a 2-D image, got shape {img.shape}")
+    if not np.isfinite(img).all():
+        raise ImageReadError(p, "image holds non-finite values")
+    return np.clip(img, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _load_pil(p: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            im.load()  # decode now, so truncated files fail here and not later
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                # 16-bit grayscale PNGs open as "I;16" or "I" depending on Pillow's version.
+                arr = np.asarray(im, dtype=np.float64) / 65535.0
+            elif mode == "F":
+                arr = _stretch(np.asarray(im, dtype=np.float64))
+            else:
+                arr = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
+    except UnidentifiedImageError:
+        raise ImageReadError(p, "not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL reports truncation/corruption as OSError
+        raise ImageReadError(p, f"corrupt or truncated image ({e})") from None
+    return arr
+
+
+def _load_dicom(p: Path) -> np.ndarray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(p)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as e:
+        raise ImageReadError(p, f"not a readable DICOM file ({e})") from None
+    if "PixelData" not in ds:
+        raise ImageReadError(p, "DICOM file has no pixel data")
+    try:
+        raw = ds.pixel_array
+    except Exception as e:  # pydicom raises many types (missing codec, bad length, ...)
+        raise ImageReadError(p, f"cannot decode DICOM pixel data ({type(e).__name__}: {e})") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if raw.ndim == 3 and photometric in ("MONOCHROME1", "MONOCHROME2"):
+        raw = raw[0]  # multi-frame: the first frame
+    elif raw.ndim == 3:  # colour (RGB, YBR): luminance, after pydicom's conversion to RGB
+        raw = raw[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        return _stretch(raw)
+    values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+    out = _apply_voi(values, ds)
+    if out is None:
+        out = _stretch(values)
+    if photometric == "MONOCHROME1":
+        out = 1.0 - out
+    return out
+
+
+def _apply_voi(values: np.ndarray, ds) -> np.ndarray | None:
+    """The first VOI transform of ``ds`` mapped to [0, 1], or None when the file defines none."""
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        from pydicom.pixels import apply_voi
+
+        item = ds.VOILUTSequence[0]
+        # LUT inputs are integers by definition (PS3.3 C.11.2.1.1); pydicom warns on float input.
+        out = np.asarray(apply_voi(np.rint(values).astype(np.int64), ds, index=0), dtype=np.float64)
+        bits = int(item.LUTDescriptor[2]) if "LUTDescriptor" in item else 16
+        return out / float(2**bits - 1)
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    center = _first(ds.WindowCenter)
+    width = _first(ds.WindowWidth)
+    function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+    return window(values, center, width, function)
+
+
+def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """DICOM VOI windowing (PS3.3 C.11.2.1.2) with output range [0, 1].
+
+    LINEAR is the standard's default (its -0.5 / (w - 1) offsets reproduce legacy 12-bit displays);
+    LINEAR_EXACT is the plain ramp; SIGMOID the logistic curve.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if function == "SIGMOID":
+        if width <= 0:
+            raise ValueError(f"width must be > 0 for SIGMOID windowing, got {width}")
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    if function == "LINEAR_EXACT":
+        if width <= 0:
+            raise ValueError(f"width must be > 0 for LINEAR_EXACT windowing, got {width}")
+        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
+    if width < 1:
+        raise ValueError(f"width must be >= 1 for LINEAR windowing, got {width}")
+    if width == 1:  # a threshold at the centre
+        return (x > center - 0.5).astype(np.float64)
+    return np.clip((x - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
+def _first(v) -> float:
+    """Window Center/Width may be multi-valued (several presets); the first is the default view."""
+    try:
+        return float(v[0])
+    except TypeError:
+        return float(v)
+
+
+def _stretch(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if hi <= lo:
+        return np.zeros_like(x, dtype=np.float64)
+    return (x - lo) / (hi - lo)

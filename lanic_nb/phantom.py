@@ -1,0 +1,425 @@
+"""The embedded default dataset: procedurally generated chest-radiograph "phantoms" with planted truth.
+
+Every image has per-patient anatomy plus per-image planted concepts (findings, devices, artifacts,
+structural changes), each with presence, side and severity. Because the truth is known, the phantom is
+also the benchmark for later stages (are planted concepts recovered as patterns? is the shortcut found?).
+
+Randomness: image ``i`` draws only from generators seeded by ``(seed, i)`` and its patient's
+``(seed, patient)``, so generation is order-independent, parallelisable and bit-identical under a
+seed. Every concept's parameters are drawn whether or not it is present, so forcing one concept on or
+off (``generate_image(..., force=...)``) leaves the rest of the image unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from lanic_nb.io import atomic_path, read_json, write_json, write_table
+from lanic_nb.manifest import FINDINGS, conform, split_by_patient
+from lanic_nb.phantom_draw import SIDE_SIGN, render, sample_anatomy
+from lanic_nb.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+CATEGORIES: tuple[str, ...] = ("cardiac", "pulmonary", "pleural", "structural", "device", "artifact")
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One plantable concept."""
+
+    name: str
+    category: str
+    description: str
+    has_side: bool
+    # Sides it may take when present ("" for concepts without laterality).
+    sides: tuple[str, ...] = ("",)
+    prevalence: float = 0.1
+
+
+_LR = ("left", "right")
+_LRB = ("left", "right", "bilateral")
+
+CONCEPTS: dict[str, Concept] = {
+    c.name: c
+    for c in (
+        Concept(
+            "cardiomegaly",
+            "cardiac",
+            "enlarged heart, cardiothoracic ratio above 0.5",
+            False,
+            prevalence=0.25,
+        ),
+        Concept(
+            "pleural_effusion", "pleural", "fluid with a meniscus at a costophrenic angle", True, _LRB, 0.25
+        ),
+        Concept(
+            "pneumothorax",
+            "pleural",
+            "apical/lateral air without lung markings, visceral pleural line",
+            True,
+            _LR,
+            0.08,
+        ),
+        Concept(
+            "edema",
+            "pulmonary",
+            "bilateral perihilar haze with interstitial (Kerley) lines",
+            True,
+            ("bilateral",),
+            0.18,
+        ),
+        Concept("consolidation", "pulmonary", "dense patchy airspace opacity in one lung", True, _LR, 0.18),
+        Concept("atelectasis", "pulmonary", "plate-like basal opacity with volume loss", True, _LRB, 0.2),
+        Concept("nodule", "pulmonary", "small round opacity", True, _LR, 0.1),
+        Concept(
+            "endotracheal_tube",
+            "device",
+            "tube in the trachea ending above the carina",
+            False,
+            prevalence=0.1,
+        ),
+        Concept(
+            "nasogastric_tube",
+            "device",
+            "thin tube down the oesophagus into the stomach",
+            False,
+            prevalence=0.1,
+        ),
+        Concept(
+            "central_venous_catheter", "device", "line from the subclavian vein into the SVC", True, _LR, 0.15
+        ),
+        Concept(
+            "pacemaker", "device", "generator in the upper chest with leads into the heart", True, _LR, 0.08
+        ),
+        Concept("sternotomy_wires", "device", "loops of wire along the sternum", False, prevalence=0.08),
+        Concept("ecg_electrodes", "device", "round electrode snaps on the chest wall", False, prevalence=0.2),
+        Concept("laterality_marker", "artifact", "an L or R marker letter", True, _LR, 0.6),
+        Concept("burned_in_text", "artifact", "patient ID text burned into the image", False, prevalence=0.3),
+        Concept(
+            "collimation", "artifact", "unexposed bright borders from the collimator", False, prevalence=0.25
+        ),
+        Concept("grid_lines", "artifact", "fine vertical anti-scatter grid lines", False, prevalence=0.15),
+        Concept("motion_blur", "artifact", "blur from patient motion", False, prevalence=0.1),
+        Concept("underexposure", "artifact", "pale, noisy, low-contrast film", False, prevalence=0.1),
+        Concept(
+            "portable_marker",
+            "artifact",
+            "the word PORTABLE burned in (AP bedside film)",
+            False,
+            prevalence=0.1,
+        ),
+        Concept("scoliosis", "structural", "lateral curvature of the spine", False, prevalence=0.1),
+        Concept(
+            "hyperinflation",
+            "structural",
+            "low flat diaphragms, tall lungs, narrow heart",
+            False,
+            prevalence=0.1,
+        ),
+        Concept("elevated_hemidiaphragm", "structural", "one hemidiaphragm raised", True, _LR, 0.1),
+    )
+}
+CONCEPT_NAMES: tuple[str, ...] = tuple(CONCEPTS)
+
+# The classified findings and the concept that plants each.
+FINDING_TO_CONCEPT: dict[str, str] = {
+    "Atelectasis": "atelectasis",
+    "Cardiomegaly": "cardiomegaly",
+    "Consolidation": "consolidation",
+    "Edema": "edema",
+    "Pleural Effusion": "pleural_effusion",
+}
+assert tuple(FINDING_TO_CONCEPT) == FINDINGS
+
+
+@dataclass
+class PhantomConfig:
+    """Size, randomness and planting rates of a phantom dataset."""
+
+    n_images: int = 3000
+    """Number of images."""
+    image_size: int = 224
+    """Side of the square images in pixels."""
+    seed: int = 0
+    """Seed of everything random (images, reports, splits)."""
+    images_per_patient: int = 2
+    """Consecutive images that share a patient (anatomy); splits never separate them."""
+    prevalence: dict[str, float] = field(default_factory=dict)
+    """Per-concept presence probability overrides (concept name -> [0, 1]); not for the shortcut concept,
+    whose presence follows ``shortcut_strength`` / ``shortcut_base``."""
+    shortcut_concept: str = "portable_marker"
+    """The concept planted to co-occur with ``shortcut_finding`` (empty string: no shortcut)."""
+    shortcut_finding: str = "Pleural Effusion"
+    """The finding the shortcut follows."""
+    shortcut_strength: float = 0.9
+    """P(shortcut concept | finding present)."""
+    shortcut_base: float = 0.1
+    """P(shortcut concept | finding absent)."""
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    """Train / val / test fractions of patients."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_images", "image_size", "images_per_patient"):
+            if not isinstance(getattr(self, name), int | np.integer) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.image_size < 32:
+            raise ValueError(f"image_size must be at least 32 pixels, got {self.image_size}")
+        if not isinstance(self.seed, int | np.integer) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        for name, p in self.prevalence.items():
+            if name not in CONCEPTS:
+                raise ValueError(
+                    f"prevalence names unknown concept {name!r}; known: {', '.join(CONCEPT_NAMES)}"
+                )
+            if not 0.0 <= float(p) <= 1.0:
+                raise ValueError(f"prevalence[{name!r}] must be in [0, 1], got {p}")
+        if self.shortcut_concept and self.shortcut_concept not in CONCEPTS:
+            raise ValueError(f"shortcut_concept {self.shortcut_concept!r} is not a known concept")
+        if self.shortcut_concept and self.shortcut_concept in self.prevalence:
+            raise ValueError(
+                f"prevalence[{self.shortcut_concept!r}] cannot be set while it is the shortcut_concept; "
+                "use shortcut_strength and shortcut_base"
+            )
+        if self.shortcut_concept in FINDING_TO_CONCEPT.values():
+            raise ValueError(
+                f"shortcut_concept must not be a classified finding, got {self.shortcut_concept!r}"
+            )
+        if self.shortcut_finding not in FINDING_TO_CONCEPT:
+            raise ValueError(f"shortcut_finding must be one of {FINDINGS}, got {self.shortcut_finding!r}")
+        for name in ("shortcut_strength", "shortcut_base"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        fr = tuple(float(f) for f in self.split_fractions)
+        if len(fr) != 3 or min(fr) < 0 or not np.isclose(sum(fr), 1.0):
+            raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {fr}")
+        self.split_fractions = fr
+
+    def prevalence_of(self, concept: str) -> float:
+        return float(self.prevalence.get(concept, CONCEPTS[concept].prevalence))
+
+
+@dataclass(frozen=True)
+class Planted:
+    """The truth about one concept in one image."""
+
+    concept: str
+    present: bool
+    side: str
+    severity: float
+
+
+def patient_index(cfg: PhantomConfig, index: int) -> int:
+    return index // cfg.images_per_patient
+
+
+def image_id(index: int) -> str:
+    return f"ph{index:06d}"
+
+
+def sample_truth(cfg: PhantomConfig, index: int, force: dict[str, bool | str] | None = None):
+    """Planted concepts of image ``index``: (truth rows, plants for the renderer, image rng)."""
+    rng = np.random.default_rng([cfg.seed, 1, index])
+    n = len(CONCEPT_NAMES)
+    u_present = rng.random(n)
+    u_params = rng.random((n, 8))  # per concept: side, severity, then six shape/location uniforms
+    present = {c: bool(u_present[k] < cfg.prevalence_of(c)) for k, c in enumerate(CONCEPT_NAMES)}
+    if cfg.shortcut_concept:
+        k = CONCEPT_NAMES.index(cfg.shortcut_concept)
+        finding = FINDING_TO_CONCEPT[cfg.shortcut_finding]
+        p = cfg.shortcut_strength if present[finding] else cfg.shortcut_base
+        present[cfg.shortcut_concept] = bool(u_present[k] < p)
+    forced_side = {}
+    for c, on in (force or {}).items():
+        if c not in CONCEPTS:
+            raise ValueError(f"force names unknown concept {c!r}")
+        if isinstance(on, str):
+            if on not in CONCEPTS[c].sides:
+                raise ValueError(f"force[{c!r}] side must be one of {CONCEPTS[c].sides}, got {on!r}")
+            forced_side[c] = on
+        present[c] = bool(on) or isinstance(on, str)
+    rows, plants = [], {}
+    for k, c in enumerate(CONCEPT_NAMES):
+        sides = CONCEPTS[c].sides
+        side = forced_side.get(c) or sides[min(int(u_params[k, 0] * len(sides)), len(sides) - 1)]
+        sev = round(0.15 + 0.85 * float(u_params[k, 1]), 3)
+        if present[c]:
+            plants[c] = (side, sev, u_params[k, 2:])
+        rows.append(Planted(c, present[c], side if present[c] else "", sev if present[c] else 0.0))
+    return rows, plants, rng
+
+
+def generate_image(
+    cfg: PhantomConfig, index: int, force: dict[str, bool | str] | None = None
+) -> tuple[np.ndarray, list[Planted]]:
+    """Image ``index`` of the dataset: (uint8 (S, S) radiograph, one Planted row per concept).
+
+    ``force`` turns concepts on or off (``{"pleural_effusion": True}``, or a side: ``"left"``) without
+    changing anything else in the image: the same patient, pose, noise and other concepts.
+    """
+    if index < 0:
+        raise ValueError(f"index must be non-negative, got {index}")
+    rows, plants, rng = sample_truth(cfg, index, force)
+    u_patient = np.random.default_rng([cfg.seed, 0, patient_index(cfg, index)]).random(16)
+    anatomy = sample_anatomy(u_patient, rng.random(4))
+    return render(anatomy, plants, cfg.image_size, rng), rows
+
+
+def view_of(rows: list[Planted]) -> str:
+    """Portable bedside films are AP; department films PA."""
+    return "AP" if any(r.concept == "portable_marker" and r.present for r in rows) else "PA"
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(img).save(tmp, format="PNG", compress_level=1)
+
+
+def _generate_chunk(
+    cfg: PhantomConfig, img_dir: Path, start: int, stop: int
+) -> tuple[list[dict], list[dict]]:
+    """Images start..stop-1: write their PNGs; return their manifest records and truth rows."""
+    from lanic_nb.reports import make_report
+
+    records, truth = [], []
+    for i in range(start, stop):
+        img, rows = generate_image(cfg, i)
+        iid = image_id(i)
+        _write_png(img_dir / f"{iid}.png", img)
+        view = view_of(rows)
+        report = make_report(rows, np.random.default_rng([cfg.seed, 2, i]), view=view)
+        records.append(
+            {
+                "image_id": iid,
+                "image_path": f"images/{iid}.png",
+                "patient_id": f"p{patient_index(cfg, i):05d}",
+                "study_id": f"s{i:06d}",
+                "view": view,
+                "report": report.text,
+            }
+        )
+        truth.extend({"image_id": iid, **asdict(r), "category": CONCEPTS[r.concept].category} for r in rows)
+    return records, truth
+
+
+def make_phantom_dataset(
+    run_dir: str | Path, cfg: PhantomConfig, overwrite: bool = False, workers: int | None = None
+) -> pd.DataFrame:
+    """Generate the phantom into ``RunDir(run_dir).data`` and return its manifest.
+
+    Writes images/<image_id>.png, manifest.parquet (labels from the report labeler, never from the
+    truth), ground_truth.parquet (long: image_id, concept, category, present, side, severity; read only
+    by lanic_nb.evaluation) and meta.json. A folder already holding this exact config is reused.
+    ``workers`` processes share the images (default: one per CPU, at most 4); the output does not
+    depend on it, because every image draws from its own seeded generators.
+    """
+    from lanic_nb.labeler import label_reports
+
+    rd = RunDir(Path(run_dir))
+    meta_path = rd.data / "meta.json"
+    config = _config_json(cfg)
+    if not overwrite and meta_path.exists() and rd.manifest.exists() and rd.ground_truth.exists():
+        if read_json(meta_path).get("config") == config:
+            log.info("phantom already present in %s; reusing it", rd.data)
+            return pd.read_parquet(rd.manifest)
+    img_dir = rd.data / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(os.cpu_count() or 1, 4) if workers is None else workers)
+    step = 50
+    chunks = [(i, min(i + step, cfg.n_images)) for i in range(0, cfg.n_images, step)]
+    bar = tqdm(total=cfg.n_images, desc="phantom images", mininterval=2.0)
+    results = []
+    if workers == 1 or len(chunks) == 1:
+        for a, b in chunks:
+            results.append(_generate_chunk(cfg, img_dir, a, b))
+            bar.update(b - a)
+    else:
+        ctx = multiprocessing.get_context(
+            "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+        )
+        args = [(cfg, img_dir, a, b) for a, b in chunks]
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            for (a, b), res in zip(chunks, pool.map(_generate_chunk, *zip(*args, strict=True)), strict=True):
+                results.append(res)
+                bar.update(b - a)
+    bar.close()
+    df = pd.DataFrame([r for recs, _ in results for r in recs])
+    truth = [t for _, tr in results for t in tr]
+    labels = label_reports(df["report"].tolist())
+    for f in FINDINGS:
+        df[f] = labels[f].to_numpy()
+    df["split"] = split_by_patient(df["patient_id"], cfg.split_fractions, seed=cfg.seed)
+    df["dataset"] = "phantom"
+    df["status"] = "ok"
+    manifest = conform(df)
+    gt = pd.DataFrame(truth)[["image_id", "concept", "category", "present", "side", "severity"]]
+    write_table(rd.ground_truth, gt)
+    write_table(rd.manifest, manifest)
+    write_json(meta_path, summarize(cfg, manifest, gt))
+    return manifest
+
+
+def _config_json(cfg: PhantomConfig) -> dict:
+    d = asdict(cfg)
+    d["split_fractions"] = list(d["split_fractions"])
+    return d
+
+
+def summarize(cfg: PhantomConfig, manifest: pd.DataFrame, gt: pd.DataFrame) -> dict:
+    """Counts, truth prevalence per concept, label rates per finding, and the shortcut's co-occurrence."""
+    pres = gt.pivot(index="image_id", columns="concept", values="present").reindex(manifest["image_id"])
+    out = {
+        "config": _config_json(cfg),
+        "n_images": len(manifest),
+        "n_patients": int(manifest["patient_id"].nunique()),
+        "split_counts": {k: int(v) for k, v in manifest["split"].value_counts().items()},
+        "prevalence": {c: float(pres[c].mean()) for c in CONCEPT_NAMES},
+        "label_rates": {
+            f: {
+                "positive": float((manifest[f] == 1).mean()),
+                "uncertain": float((manifest[f] == -1).mean()),
+                "negative": float((manifest[f] == 0).mean()),
+                "missing": float(manifest[f].isna().mean()),
+            }
+            for f in FINDINGS
+        },
+    }
+    if cfg.shortcut_concept:
+        f = pres[FINDING_TO_CONCEPT[cfg.shortcut_finding]].to_numpy(bool)
+        s = pres[cfg.shortcut_concept].to_numpy(bool)
+        out["shortcut"] = {
+            "concept": cfg.shortcut_concept,
+            "finding": cfg.shortcut_finding,
+            "p_concept_given_finding": float(s[f].mean()) if f.any() else float("nan"),
+            "p_concept_given_no_finding": float(s[~f].mean()) if (~f).any() else float("nan"),
+        }
+    return out
+
+
+__all__ = [
+    "CATEGORIES",
+    "CONCEPTS",
+    "CONCEPT_NAMES",
+    "FINDING_TO_CONCEPT",
+    "SIDE_SIGN",
+    "Concept",
+    "PhantomConfig",
+    "Planted",
+    "generate_image",
+    "image_id",
+    "make_phantom_dataset",
+    "patient_index",
+    "sample_truth",
+    "summarize",
+    "view_of",
+]

@@ -1,0 +1,111 @@
+"""Figures and tables of the 00_data notebook: example images with reports and labels, prevalence,
+and the co-occurrence of findings with other concepts (where the planted shortcut shows)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from lanic_nb.evaluation import ground_truth_matrix, load_ground_truth
+from lanic_nb.io import read_json
+from lanic_nb.manifest import FINDINGS
+from lanic_nb.phantom import CONCEPT_NAMES, CONCEPTS, FINDING_TO_CONCEPT, PhantomConfig, generate_image
+from lanic_nb.rundir import RunDir
+
+_LABEL = {1.0: "+", 0.0: "-", -1.0: "?"}
+
+
+def _short(row: pd.Series) -> str:
+    parts = [f"{f.split()[-1][:5]}{_LABEL[float(row[f])]}" for f in FINDINGS if not pd.isna(row[f])]
+    return " ".join(parts) or "(no finding mentioned)"
+
+
+def example_grid(run_dir: str | Path, n: int = 8, cols: int = 4, seed: int = 0) -> plt.Figure:
+    """n random images, each titled with its labels (+ positive, - negated, ? uncertain)."""
+    rd = RunDir(Path(run_dir))
+    m = pd.read_parquet(rd.manifest)
+    rows = m.sample(min(n, len(m)), random_state=seed)
+    nrows = int(np.ceil(len(rows) / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(3 * cols, 3.3 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (_, r) in zip(axes.ravel(), rows.iterrows(), strict=False):
+        ax.imshow(np.asarray(Image.open(rd.data / r["image_path"])), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{r['image_id']} ({r['view']})\n{_short(r)}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def example_reports(run_dir: str | Path, n: int = 4, seed: int = 0) -> pd.DataFrame:
+    """The reports and labels of the first ``n`` images of ``example_grid`` (same sampling)."""
+    m = pd.read_parquet(RunDir(Path(run_dir)).manifest)
+    rows = m.sample(min(n, len(m)), random_state=seed)
+    return rows[["image_id", "report", *FINDINGS]].set_index("image_id")
+
+
+def concept_pairs(cfg: PhantomConfig, index: int, concepts: list[str]) -> plt.Figure:
+    """One image with nothing planted, then the same image with each concept turned on alone."""
+    off = {c: False for c in CONCEPT_NAMES}
+    fig, axes = plt.subplots(1, len(concepts) + 1, figsize=(2.4 * (len(concepts) + 1), 2.8))
+    for ax, c in zip(axes, ["(none)", *concepts], strict=True):
+        img, _ = generate_image(cfg, index, off if c == "(none)" else {**off, c: True})
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(c.replace("_", " "), fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def prevalence_table(run_dir: str | Path) -> pd.DataFrame:
+    """Per concept: category, planted prevalence; per finding also the report-label rates."""
+    rd = RunDir(Path(run_dir))
+    m = pd.read_parquet(rd.manifest)
+    pres = ground_truth_matrix(load_ground_truth(run_dir), m["image_id"])
+    table = pd.DataFrame(
+        {
+            "category": [CONCEPTS[c].category for c in CONCEPT_NAMES],
+            "planted": pres[list(CONCEPT_NAMES)].mean(),
+        },
+        index=list(CONCEPT_NAMES),
+    )
+    to_finding = {c: f for f, c in FINDING_TO_CONCEPT.items()}
+    for name, value in (("label +", 1.0), ("label ?", -1.0), ("label -", 0.0)):
+        table[name] = [
+            float((m[to_finding[c]] == value).mean()) if c in to_finding else np.nan for c in table.index
+        ]
+    table["label missing"] = [
+        float(m[to_finding[c]].isna().mean()) if c in to_finding else np.nan for c in table.index
+    ]
+    return table.sort_values(["category", "planted"], ascending=[True, False])
+
+
+def cooccurrence_table(run_dir: str | Path) -> pd.DataFrame:
+    """P(concept | finding present): one row per non-finding concept, one column per finding, and a
+    last column with the rate over all images. The planted shortcut stands out as one cell far above
+    its row's "all images" rate."""
+    m = pd.read_parquet(RunDir(Path(run_dir)).manifest)
+    pres = ground_truth_matrix(load_ground_truth(run_dir), m["image_id"])
+    others = [c for c in CONCEPT_NAMES if c not in FINDING_TO_CONCEPT.values()]
+    cols = {f: pres.loc[pres[c], others].mean() for f, c in FINDING_TO_CONCEPT.items()}
+    cols["all images"] = pres[others].mean()
+    table = pd.DataFrame(cols)
+    table.insert(0, "category", [CONCEPTS[c].category for c in table.index])
+    return table
+
+
+def data_metrics(run_dir: str | Path) -> dict:
+    """The figures 00_data records: counts, planted prevalence of the findings, label rates, shortcut."""
+    meta = read_json(RunDir(Path(run_dir)).data / "meta.json")
+    return {
+        "n_images": meta["n_images"],
+        "n_patients": meta["n_patients"],
+        "split_counts": meta["split_counts"],
+        "prevalence": {f: meta["prevalence"][c] for f, c in FINDING_TO_CONCEPT.items()},
+        "label_positive_rate": {f: meta["label_rates"][f]["positive"] for f in FINDINGS},
+        "label_uncertain_rate": {f: meta["label_rates"][f]["uncertain"] for f in FINDINGS},
+        "shortcut": meta.get("shortcut", {}),
+    }

@@ -1,0 +1,104 @@
+"""The report labeler (positive 1, negated 0, hedged -1, unmentioned NaN) and the templated reports."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lanic_nb.labeler import label_report, label_reports, split_sentences
+from lanic_nb.manifest import FINDINGS
+from lanic_nb.phantom import PhantomConfig, sample_truth, view_of
+from lanic_nb.reports import make_report
+
+A, C, CO, E, P = FINDINGS
+NAN = math.nan
+
+SENTENCES = [
+    ("Small left pleural effusion.", {P: 1}),
+    ("No pleural effusion.", {P: 0}),
+    ("Possible small right pleural effusion.", {P: -1}),
+    ("Cannot exclude a small left effusion.", {P: -1}),
+    ("Blunting of the left costophrenic angle.", {P: 1}),
+    ("The costophrenic angles are sharp.", {P: 0}),
+    ("Small pericardial effusion.", {}),
+    ("The previously seen effusion has resolved.", {P: 0}),
+    ("No change in the small left pleural effusion.", {P: 1}),
+    ("Mild cardiomegaly.", {C: 1}),
+    ("The heart is mildly enlarged.", {C: 1}),
+    ("Heart size is normal.", {C: 0}),
+    ("The heart is not enlarged.", {C: 0}),
+    ("Heart size and pulmonary vascularity appear within normal limits.", {C: 0}),
+    ("Heart size is upper limits of normal.", {C: -1}),
+    ("There is no pneumothorax and the heart is enlarged.", {C: 1}),
+    ("Mild pulmonary edema without pleural effusion.", {E: 1, P: 0}),
+    ("Pulmonary vascular congestion.", {E: 1}),
+    ("No evidence of edema.", {E: 0}),
+    ("No focal consolidation, pleural effusion, or pneumothorax.", {CO: 0, P: 0}),
+    ("No focal airspace disease.", {}),  # CheXpert: lung opacity, not consolidation
+    ("No focal airspace consolidation.", {CO: 0}),
+    ("The heart is large.", {C: 1}),
+    ("Heart size is upper limits normal or mildly enlarged.", {C: -1}),
+    ("No cardiomegaly with bilateral small pleural effusions.", {C: 0, P: 1}),
+    ("Lungs are clear of consolidation.", {CO: 0}),
+    ("Consolidation is not seen.", {CO: 0}),
+    ("Atelectasis versus consolidation at the left base.", {A: -1, CO: -1}),
+    ("Atelectasis vs. consolidation at the left base.", {A: -1, CO: -1}),
+    ("Bibasilar opacities may represent atelectasis.", {A: -1}),
+    ("Streaky opacities, likely atelectasis.", {A: -1}),
+    ("No evidence of pneumonia, though atelectasis cannot be excluded.", {A: -1}),
+    ("Plate-like atelectasis at the right base.", {A: 1}),
+    ("No acute cardiopulmonary process.", {}),
+    ("Stable cardiomegaly. No edema.", {C: 1, E: 0}),
+    ("Possible effusion. Definite effusion on the left.", {P: 1}),  # positive outranks uncertain
+    ("No effusion on the right. Possible effusion on the left.", {P: -1}),  # uncertain outranks negative
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SENTENCES, ids=[s[0][:40] for s in SENTENCES])
+def test_hand_written_sentences(text, expected):
+    got = label_report(text)
+    for f in FINDINGS:
+        want = expected.get(f, NAN)
+        assert (math.isnan(got[f]) and math.isnan(want)) or got[f] == want, (f, got[f], want)
+
+
+def test_generated_reports_read_back_as_written():
+    cfg = PhantomConfig(n_images=400)
+    seen = {1.0: 0, 0.0: 0, -1.0: 0}
+    for i in range(400):
+        rows, _, _ = sample_truth(cfg, i)
+        rep = make_report(rows, np.random.default_rng([cfg.seed, 2, i]), view=view_of(rows))
+        got = label_report(rep.text)
+        for f in FINDINGS:
+            want = rep.intended[f]
+            assert (math.isnan(want) and math.isnan(got[f])) or got[f] == want, (f, want, got[f], rep.text)
+            if not math.isnan(want):
+                seen[want] += 1
+        present = {r.concept: r.present for r in rows}
+        assert rep.intended["Pleural Effusion"] != 1.0 or present["pleural_effusion"]
+    assert min(seen.values()) > 50  # every label kind is exercised
+
+
+def test_reports_vary_and_are_seeded():
+    rows, _, _ = sample_truth(PhantomConfig(), 2)
+    a = make_report(rows, np.random.default_rng(1)).text
+    assert a == make_report(rows, np.random.default_rng(1)).text
+    texts = {make_report(rows, np.random.default_rng(s)).text for s in range(20)}
+    assert len(texts) > 10
+    assert a.startswith("EXAMINATION:") and "\nFINDINGS:" in a and "\nIMPRESSION:" in a
+
+
+def test_label_reports_table():
+    df = label_reports(["Cardiomegaly.", None, "No edema."])
+    assert list(df.columns) == list(FINDINGS) and str(df.dtypes.iloc[0]) == "float32"
+    assert df.loc[0, C] == 1 and df.loc[2, E] == 0 and df.iloc[1].isna().all()
+
+
+def test_sentence_split_keeps_decimals():
+    assert split_sentences("A 1.5 cm nodule. No effusion.\nIMPRESSION: clear") == [
+        "a 1.5 cm nodule.",
+        "no effusion.",
+        "impression: clear",
+    ]
