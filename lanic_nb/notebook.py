@@ -19,3 +19,12 @@ def record_metrics(run_dir: str | Path, notebook: str, metrics: dict[str, Any]) 
 
 def load_metrics(run_dir: str | Path, notebook: str) -> dict[str, Any]:
     return read_json(RunDir(Path(run_dir)).metrics_file(notebook))
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG atomically (a crashed run never leaves half a file)."""
+    from lanic_nb.io import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return Path(path)

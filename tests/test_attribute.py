@@ -1,0 +1,207 @@
+"""Exact attribution, faithfulness and the shortcut check on tiny random models (real classes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lanic_nb.attribute import (
+    attribute,
+    attribution_table,
+    deletion_test,
+    insertion_curves,
+    pattern_aurocs,
+    patterns_for_mass,
+    plot_insertion,
+    summary_table,
+    top_pattern_hits,
+)
+from lanic_nb.classify import ClassifierConfig, DiagnosticClassifier
+from lanic_nb.patterns import MergeConfig, PatternSet, pattern_activations
+from lanic_nb.transcoder import TranscoderConfig, TranscoderEnsemble
+
+
+def tiny_models(d_in=12, hidden=10, d_dict=24, n_members=3, k=5, activation="topk", seed=0):
+    """A random classifier and ensemble with every bias non-zero, so a dropped term shows."""
+    g = torch.Generator().manual_seed(seed)
+    clf = DiagnosticClassifier(ClassifierConfig(d_in=d_in, hidden=hidden, dropout=0.5))
+    ens = TranscoderEnsemble(TranscoderConfig(d_in=d_in, d_out=hidden, d_dict=d_dict, n_members=n_members, k=k,
+                                              activation=activation, seed=seed))
+    with torch.no_grad():
+        for p in list(clf.parameters()) + list(ens.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return clf.eval(), ens.eval()
+
+
+def tiny_patterns(n_members, d_dict, n_patterns, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lp = torch.randint(-1, n_patterns, (n_members, d_dict), generator=g)
+    lp[:, :n_patterns] = torch.arange(n_patterns)  # every pattern has members
+    return lp
+
+
+@pytest.mark.parametrize("activation", ["topk", "relu"])
+def test_identity_holds_and_matches_the_model(activation):
+    clf, ens = tiny_models(activation=activation)
+    lp = tiny_patterns(3, 24, 7)
+    x = torch.randn(40, 12)
+    attr = attribute(clf, ens, lp, 7, x, batch_size=16)
+    assert attr.contributions.shape == (40, 7, 5) and attr.other.shape == (40, 5)
+    # The logits are the classifier's own (eval mode: dropout off).
+    assert torch.allclose(attr.logits.float(), clf(x), atol=1e-5)
+    assert attr.identity_error() < 1e-5
+    recomposed = attr.recomposed()
+    assert torch.allclose(recomposed, clf(x).double(), rtol=1e-5, atol=1e-5)
+    # Every term matters: dropping any one breaks the identity.
+    for dropped in (attr.contributions.sum(1), attr.other, attr.bias.expand_as(attr.other), attr.error):
+        assert (recomposed - dropped - attr.logits).abs().max() > 1e-3
+    # The ensemble's own decode gives the same reconstruction error.
+    W2 = clf.fc2.weight.double()
+    with torch.no_grad():
+        h_hat = ens.decode(ens.encode(x)).mean(0).double()
+        err = (clf.hidden(x).double() - h_hat) @ W2.T
+    assert torch.allclose(attr.error, err, atol=1e-5)
+    # Activations agree with the patterns module's definition.
+    ps = PatternSet(lp, torch.zeros(7, 10), torch.ones(7), torch.ones(7), MergeConfig())
+    assert torch.allclose(attr.activations.float(), pattern_activations(ens, ps, x), atol=1e-5)
+
+
+def test_contribution_is_activation_times_effect():
+    clf, ens = tiny_models()
+    lp = tiny_patterns(3, 24, 5)
+    x = torch.randn(6, 12)
+    attr = attribute(clf, ens, lp, 5, x)
+    with torch.no_grad():
+        z = ens.encode(x).double()
+        eff = ens.W_dec.double() @ clf.fc2.weight.double().T  # (M, D, 5)
+    p, b = 3, 2
+    m, i = torch.nonzero(lp == p, as_tuple=True)
+    expect = (z[m, b, i, None] * eff[m, i]).sum(0) / 3
+    assert torch.allclose(attr.contributions[b, p], expect, atol=1e-10)
+
+
+def test_patterns_for_mass_counts():
+    c = torch.tensor([[5.0, -3.0, 1.0, 1.0, 0.0]]).T[None]  # (1, 5, 1): |c| total 10
+    assert patterns_for_mass(c, 0.9).item() == 3  # 5+3 = 8 < 9; 5+3+1 = 9 reaches 90%
+    assert patterns_for_mass(c, 0.95).item() == 4
+    assert patterns_for_mass(c, 0.5).item() == 1
+    assert patterns_for_mass(torch.zeros(1, 3, 1)).item() == 0
+
+
+def test_deletion_of_all_active_patterns_equals_their_contribution():
+    clf, ens = tiny_models()
+    lp = tiny_patterns(3, 24, 6)
+    x = torch.randn(20, 12)
+    attr = attribute(clf, ens, lp, 6, x)
+    res = deletion_test(clf, ens, lp, attr, x, k=6, n_random=2)
+    expect = attr.contributions.sum(1).abs().mean(0)  # re-running the head is linear in the codes
+    assert np.allclose(res["drop_top"], expect.numpy(), atol=1e-4)
+    assert np.allclose(res["drop_random"], expect.numpy(), atol=1e-4)  # k = all: random deletes all too
+
+
+def test_deletion_beats_random_on_planted_case():
+    # Pattern c moves only finding c, strongly; the other patterns are weak noise.
+    clf, ens = tiny_models(d_dict=40, n_members=4, k=12)
+    n_pat = 30
+    lp = tiny_patterns(4, 40, n_pat)
+    with torch.no_grad():
+        ens.W_dec.mul_(0.05)
+        only_c = torch.linalg.pinv(clf.fc2.weight)  # (hidden, 5): fc2 @ only_c = identity
+        for c in range(5):
+            m, i = torch.nonzero(lp == c, as_tuple=True)
+            ens.W_dec[m, i] = only_c[:, c] * 3.0
+            ens.b_enc[m, i] += 3.0  # make the planted latents fire
+    x = torch.randn(60, 12)
+    attr = attribute(clf, ens, lp, n_pat, x)
+    assert (attr.contributions[:, :5].abs().argmax(1) == torch.arange(5)).float().mean() > 0.9
+    res = deletion_test(clf, ens, lp, attr, x, k=2, n_random=5)
+    assert (res["ratio"] > 5).all(), res
+    # The same protocol on a model without planting still prefers the top patterns, less strongly.
+    clf2, ens2 = tiny_models(d_dict=40, n_members=4, k=12, seed=1)
+    attr2 = attribute(clf2, ens2, lp, n_pat, x)
+    res2 = deletion_test(clf2, ens2, lp, attr2, x, k=5, n_random=5)
+    assert (res2["ratio"] > 1).all()
+    curves = insertion_curves(attr, [0, 1, 5, n_pat])
+    top5 = curves[(curves.k == 5) & (curves.order == "top")]["mean_logit"].to_numpy()
+    rnd5 = curves[(curves.k == 5) & (curves.order == "random")]["mean_logit"].to_numpy()
+    full = curves[(curves.k == n_pat) & (curves.order == "top")]["mean_logit"].to_numpy()
+    full_r = curves[(curves.k == n_pat) & (curves.order == "random")]["mean_logit"].to_numpy()
+    assert np.allclose(full, full_r)  # all patterns inserted: the order no longer matters
+    assert np.all(np.abs(top5 - full) < np.abs(rnd5 - full) + 1e-9)
+    fig = plot_insertion(curves)
+    assert len(fig.axes) == 5
+
+
+def test_shortcut_helpers():
+    rng = np.random.default_rng(0)
+    present = rng.random(200) < 0.3
+    acts = rng.random((200, 4))
+    acts[:, 2] += present * 2  # pattern 2 tracks the concept
+    au = pattern_aurocs(acts, present)
+    assert au.argmax() == 2 and au[2] > 0.95 and 0.3 < au[0] < 0.7
+    clf, ens = tiny_models()
+    lp = tiny_patterns(3, 24, 6)
+    attr = attribute(clf, ens, lp, 6, torch.randn(10, 12))
+    best = attr.contributions[:, :, 1].argmax(1)
+    hits = top_pattern_hits(attr, 1, int(best[0]), np.arange(10), top=1)
+    assert hits[0] and hits.tolist() == (best == best[0]).tolist()
+
+
+def test_tables():
+    clf, ens = tiny_models()
+    lp = tiny_patterns(3, 24, 6)
+    attr = attribute(clf, ens, lp, 6, torch.randn(4, 12))
+    ids = [f"img{i}" for i in range(4)]
+    t = attribution_table(attr, ids, np.arange(100, 106), top=3)
+    assert len(t) == 4 * 5 * 3 and set(t["pattern_id"]) <= set(range(100, 106))
+    first = t[(t.image_id == "img1") & (t.finding == "Edema") & (t["rank"] == 1)].iloc[0]
+    assert abs(first.contribution) == pytest.approx(float(attr.contributions[1, :, 3].abs().max()))
+    s = summary_table(attr, ids)
+    total = s[["patterns", "other", "bias", "error"]].sum(1)
+    assert np.allclose(total, s["logit"], atol=1e-8)
+
+
+@pytest.mark.notebook
+def test_notebook_06_attribution(small_run):
+    from lanic_nb.manifest import FINDINGS
+    from lanic_nb.notebook import load_metrics
+    from lanic_nb.rundir import RunDir
+
+    run = small_run.until("06")
+    m = load_metrics(run, "06_attribution")
+    assert m["identity_max_error"] < 1e-5
+    assert set(m["deletion_ratio"]) == set(FINDINGS)
+    assert all(r > 1 for r in m["deletion_ratio"].values())  # the demo's target is 5 at k = 5
+    for q in m["patterns_for_90"].values():
+        assert 1 <= q["q25"] <= q["median"] <= q["q75"] <= m["n_patterns"]
+    if m["shortcut"] is not None:  # the phantom plants one
+        assert m["shortcut"]["pattern_auroc"] > 0.5 and 0 <= m["shortcut_share"] <= 1
+    att = RunDir(run).attribution
+    for name in ("contributions.parquet", "summary.parquet", "deletion.parquet", "insertion.png",
+                 "patterns_for_90.png"):
+        assert (att / name).stat().st_size > 0
+
+
+def test_shortcut_check_on_a_phantom(tmp_path):
+    from lanic_nb.attribute import Attribution, shortcut_check
+    from lanic_nb.evaluation import ground_truth_matrix, load_ground_truth
+    from lanic_nb.manifest import FINDINGS
+    from lanic_nb.phantom import FINDING_TO_CONCEPT, PhantomConfig, make_phantom_dataset
+
+    cfg = PhantomConfig(n_images=60, image_size=32, shortcut_strength=0.9, shortcut_base=0.1)
+    ids = make_phantom_dataset(tmp_path, cfg)["image_id"].astype(str).to_numpy()
+    truth = ground_truth_matrix(load_ground_truth(tmp_path), ids)
+    marker = truth[cfg.shortcut_concept].to_numpy(float)
+    n, n_pat, c = len(ids), 12, FINDINGS.index(cfg.shortcut_finding)
+    g = torch.Generator().manual_seed(0)
+    act = torch.rand(n, n_pat, generator=g, dtype=torch.float64)
+    act[:, 7] = torch.from_numpy(marker) * 2 + 0.1 * act[:, 7]  # pattern 7 fires on the marker
+    contrib = act[:, :, None] * 0.1 * torch.ones(n, n_pat, 5, dtype=torch.float64)
+    contrib[:, 7, c] = act[:, 7]  # and pushes the shortcut finding up
+    z = torch.zeros(n, 5, dtype=torch.float64)
+    attr = Attribution(contrib, z, torch.zeros(5, dtype=torch.float64), z, contrib.sum(1), act)
+    res = shortcut_check(tmp_path, attr, ids, top=5)
+    assert res["pattern"] == 7 and res["pattern_auroc"] > 0.95 and res["finding"] == cfg.shortcut_finding
+    assert res["n_positive_with_concept"] > 0 and res["share_with_concept"] == 1.0
+    assert res["n_positive"] == int(truth[FINDING_TO_CONCEPT[cfg.shortcut_finding]].sum())
