@@ -54,3 +54,11 @@ def ground_truth_matrix(gt: pd.DataFrame, image_ids: Sequence[str], value: str =
 def concept_categories(gt: pd.DataFrame) -> dict[str, str]:
     """Concept name -> its category (cardiac, pulmonary, pleural, structural, device, artifact)."""
     return dict(gt.drop_duplicates("concept")[["concept", "category"]].itertuples(index=False, name=None))
+
+
+def load_tile_truth(folder: str | Path) -> pd.DataFrame:
+    """The pathology phantom's planted truth (tissue fractions, nuclei counts, dominant type) of a tile folder."""
+    path = Path(folder) / "truth.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"no tile truth at {path}: only the pathology phantom has planted truth")
+    return read_table(path)

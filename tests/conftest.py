@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -38,9 +39,33 @@ class SmallRun:
             if nb.stem[:2] > prefix[:2]:
                 break
             if nb.stem not in self.done:
-                run_notebook(nb, self.root, size="small")
+                with poisoned_ground_truth(self.root, active=nb.stem[:2] in TRAINING_STAGES):
+                    run_notebook(nb, self.root, size="small")
                 self.done.add(nb.stem)
         return self.root
+
+
+# Training stages must never read the planted truth: while they run, ground_truth.parquet is replaced by a
+# file that exists but cannot be parsed, so any read (direct or behind an exists() check) fails the notebook.
+TRAINING_STAGES = ("01", "02", "03")
+POISON = b"ground truth is evaluation-only; a training stage tried to read it\n"
+
+
+@contextlib.contextmanager
+def poisoned_ground_truth(run_dir: Path, active: bool = True):
+    from lanic_nb.rundir import RunDir
+
+    truth = RunDir(run_dir).data / "ground_truth.parquet"
+    if not active or not truth.exists():
+        yield
+        return
+    aside = truth.with_name(".ground_truth.parquet.aside")
+    os.replace(truth, aside)
+    truth.write_bytes(POISON)
+    try:
+        yield
+    finally:
+        os.replace(aside, truth)
 
 
 @pytest.fixture(scope="session")

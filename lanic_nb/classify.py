@@ -1,0 +1,393 @@
+"""The diagnostic classifier: an MLP head on frozen CLIP image embeddings for the five findings.
+
+    x (d_in) -> fc1 -> ReLU -> h (hidden) -> fc2 -> 5 logits (sigmoid per finding)
+
+This is the template of CXR-LanIC's sister work (Matryoshka Transcoders, arXiv 2511.10094): a frozen
+CLIP embedding, one hidden ReLU layer of 256 units, a sigmoid per finding. The hidden layer ``h`` is what
+the transcoders of ``lanic_nb.transcoder`` predict from ``x``, so the model exposes ``hidden`` and ``head``
+separately and ``forward(x) == head(hidden(x))``.
+
+Labels follow the CheXpert convention (1 / 0 / -1 uncertain / NaN not mentioned). NaN never enters the
+loss; -1 is ignored, or counted as positive or negative (``uncertain_policy``, the U-Ignore / U-Ones /
+U-Zeros baselines of the CheXpert paper). Evaluation only ever uses the certain labels 1 and 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
+from lanic_nb.manifest import FINDINGS
+
+log = logging.getLogger(__name__)
+
+UNCERTAIN_POLICIES = ("ignore", "positive", "negative")
+
+
+@dataclass
+class ClassifierConfig:
+    """Hyperparameters of the diagnostic head (flat; validated on construction)."""
+
+    d_in: int
+    """Width of the input embedding."""
+    hidden: int = 256
+    """Width of the hidden ReLU layer (the layer transcoders predict)."""
+    dropout: float = 0.1
+    """Dropout on the input embedding during training."""
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    max_epochs: int = 200
+    """Upper bound on training epochs."""
+    patience: int = 15
+    """Stop after this many epochs without a better validation mean AUROC."""
+    uncertain_policy: str = "ignore"
+    """What an uncertain label (-1) means in the loss: "ignore", "positive" or "negative"."""
+    seed: int = 0
+    """Seeds the initialization and the batch order."""
+    batch_size: int = 128
+    """Training minibatch size."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_in", "hidden", "max_epochs", "patience", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.uncertain_policy not in UNCERTAIN_POLICIES:
+            raise ValueError(f"uncertain_policy must be one of {UNCERTAIN_POLICIES}, got {self.uncertain_policy!r}")
+
+
+class DiagnosticClassifier(nn.Module):
+    """Embedding -> ReLU hidden layer -> one logit per finding."""
+
+    def __init__(self, cfg: ClassifierConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc1 = nn.Linear(cfg.d_in, cfg.hidden)
+        self.fc2 = nn.Linear(cfg.hidden, len(FINDINGS))
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The transcoders' target: h = relu(fc1(x))  # (batch, hidden)."""
+        return F.relu(self.fc1(self.drop(x)))
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits from the hidden layer  # (batch, 5)."""
+        return self.fc2(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden(x))
+
+
+def policy_targets(Y: np.ndarray | torch.Tensor, policy: str) -> torch.Tensor:
+    """Labels (n, 5) in {1, 0, -1, NaN} -> loss targets in {1, 0, NaN} (NaN = not in the loss)."""
+    if policy not in UNCERTAIN_POLICIES:
+        raise ValueError(f"uncertain_policy must be one of {UNCERTAIN_POLICIES}, got {policy!r}")
+    t = torch.as_tensor(np.asarray(Y, dtype=np.float32)).clone()
+    t[t == -1] = {"ignore": float("nan"), "positive": 1.0, "negative": 0.0}[policy]
+    return t
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over the entries whose target is not NaN  # logits, targets (batch, 5)."""
+    mask = ~torch.isnan(targets)
+    if not mask.any():
+        return logits.sum() * 0.0  # keeps the graph; a batch without labels contributes nothing
+    loss = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(targets, nan=0.0), reduction="none")
+    return (loss * mask).sum() / mask.sum()
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """Area under the ROC curve by the rank (Mann-Whitney) formula; NaN if one class is absent."""
+    y = np.asarray(y, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(np.asarray(s, dtype=np.float64)).rank(method="average").to_numpy()
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auprc(y: np.ndarray, s: np.ndarray) -> float:
+    """Average precision (step-wise area under precision-recall, as scikit-learn); NaN without positives."""
+    y = np.asarray(y, dtype=bool)
+    if y.sum() == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(s, dtype=np.float64), kind="mergesort")
+    ys, ss = y[order], np.asarray(s)[order]
+    tp = np.cumsum(ys)
+    last = np.r_[ss[1:] != ss[:-1], True]  # ties share one threshold: keep the last index of each run
+    tp, n_pred = tp[last], np.flatnonzero(last) + 1
+    precision, recall = tp / n_pred, tp / y.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def bootstrap_metric(fn, y: np.ndarray, s: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple:
+    """Point estimate and percentile 95% interval of ``fn(y, s)`` over bootstrap resamples of rows."""
+    point = fn(y, s)
+    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+    vals = np.array([fn(y[i], s[i]) for i in idx])
+    vals = vals[np.isfinite(vals)]
+    lo, hi = (np.percentile(vals, [2.5, 97.5]) if len(vals) else (np.nan, np.nan))
+    return point, float(lo), float(hi)
+
+
+def evaluate(
+    scores: dict[str, np.ndarray], Y: np.ndarray, n_boot: int = 500, seed: int = 0
+) -> pd.DataFrame:
+    """One row per (model, finding): AUROC and AUPRC with bootstrap 95% intervals, plus a "mean" row.
+
+    ``scores`` maps a model name (e.g. "mlp", "linear probe", "zero-shot") to scores (n, 5) for the same
+    rows as ``Y`` (n, 5). Only certain labels (1, 0) are scored; -1 and NaN rows are left out per finding.
+    Every model is resampled with the same bootstrap indices (same seed), so intervals are comparable.
+    """
+    Y = np.asarray(Y, dtype=np.float32)
+    rows = []
+    for name, S in scores.items():
+        S = np.asarray(S, dtype=np.float64)
+        if S.shape != Y.shape:
+            raise ValueError(f"scores[{name!r}] has shape {S.shape}, labels have {Y.shape}")
+        for j, finding in enumerate(FINDINGS):
+            keep = np.isin(Y[:, j], (0.0, 1.0))
+            y, s = Y[keep, j] == 1.0, S[keep, j]
+            a = bootstrap_metric(auroc, y, s, n_boot, np.random.default_rng(seed + j))
+            p = bootstrap_metric(auprc, y, s, n_boot, np.random.default_rng(seed + j))
+            rows.append(dict(model=name, finding=finding, n=int(keep.sum()), n_pos=int(y.sum()),
+                             auroc=a[0], auroc_lo=a[1], auroc_hi=a[2], auprc=p[0], auprc_lo=p[1], auprc_hi=p[2]))
+    df = pd.DataFrame(rows)
+    means = df.groupby("model", sort=False)[["auroc", "auprc"]].mean().reset_index().assign(finding="mean")
+    return pd.concat([df, means], ignore_index=True)
+
+
+# ---------------------------------------------------------------- training
+
+
+@torch.no_grad()
+def predict_logits(model: DiagnosticClassifier, X: np.ndarray | torch.Tensor, device="cpu",
+                   batch_size: int = 4096) -> np.ndarray:
+    """Logits (n, 5) in eval mode (no dropout)."""
+    model.eval()
+    X = torch.as_tensor(np.asarray(X, dtype=np.float32))
+    out = [model(X[i : i + batch_size].to(device)).cpu() for i in range(0, len(X), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, len(FINDINGS)), np.float32)
+
+
+def mean_auroc(Y: np.ndarray, S: np.ndarray) -> float:
+    """Mean over findings of the AUROC on certain labels (findings with one class only are skipped)."""
+    vals = [auroc(Y[m, j] == 1, S[m, j]) for j in range(Y.shape[1]) if (m := np.isin(Y[:, j], (0, 1))).any()]
+    vals = [v for v in vals if np.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def train_classifier(
+    cfg: ClassifierConfig, X: np.ndarray, Y: np.ndarray, split: np.ndarray, device="cpu"
+) -> tuple[DiagnosticClassifier, pd.DataFrame]:
+    """Train on split == "train", early-stop on the mean AUROC of split == "val"; returns the best model.
+
+    X (n, d_in) embeddings, Y (n, 5) labels in {1, 0, -1, NaN}, split (n,) strings. The history has one
+    row per epoch: epoch, train_loss, val_loss, val_auroc.
+    """
+    device = torch.device(device)
+    split = np.asarray(split).astype(str)
+    X = np.asarray(X, dtype=np.float32)
+    Y = np.asarray(Y, dtype=np.float32)
+    if X.shape != (len(Y), cfg.d_in):
+        raise ValueError(f"X must have shape (n, d_in={cfg.d_in}) matching Y's {len(Y)} rows, got {X.shape}")
+    tr, va = split == "train", split == "val"
+    if not tr.any() or not va.any():
+        raise ValueError("split must contain both 'train' and 'val' rows")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # dropout masks
+    model = DiagnosticClassifier(cfg)
+    with torch.no_grad():  # initialization from our own generator: independent of global RNG use elsewhere
+        for lin in (model.fc1, model.fc2):
+            bound = 1.0 / lin.in_features**0.5
+            lin.weight.copy_(torch.rand(lin.weight.shape, generator=gen) * 2 * bound - bound)
+            lin.bias.copy_(torch.rand(lin.bias.shape, generator=gen) * 2 * bound - bound)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    Xtr = torch.from_numpy(X[tr]).to(device)
+    Ttr = policy_targets(Y[tr], cfg.uncertain_policy).to(device)
+    Tva = policy_targets(Y[va], cfg.uncertain_policy)
+    best, best_state, bad, history = -np.inf, copy.deepcopy(model.state_dict()), 0, []
+    for epoch in range(cfg.max_epochs):
+        model.train()
+        perm = torch.randperm(len(Xtr), generator=gen).to(device)
+        total, count = 0.0, 0
+        for i in range(0, len(perm), cfg.batch_size):
+            b = perm[i : i + cfg.batch_size]
+            loss = masked_bce(model(Xtr[b]), Ttr[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, count = total + loss.item() * len(b), count + len(b)
+        logits = predict_logits(model, X[va], device)
+        val_loss = masked_bce(torch.from_numpy(logits), Tva).item()
+        val_auc = mean_auroc(Y[va], logits)
+        history.append(dict(epoch=epoch, train_loss=total / count, val_loss=val_loss, val_auroc=val_auc))
+        if val_auc > best + 1e-5:
+            best, best_state, bad = val_auc, copy.deepcopy(model.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    log.info("classifier: best val mean AUROC %.4f after %d epochs", best, len(history))
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, pd.DataFrame(history)
+
+
+def train_linear_probe(
+    X: np.ndarray, Y: np.ndarray, split: np.ndarray, uncertain_policy: str = "ignore", C: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """The baseline: one L2-regularized logistic regression per finding on the train rows.
+
+    Returns a weight matrix (d_in + 1, 5): rows 0..d_in-1 the weights, the last row the biases, so that
+    scores are ``X @ W[:-1] + W[-1]``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    T = policy_targets(np.asarray(Y)[np.asarray(split).astype(str) == "train"], uncertain_policy).numpy()
+    Xtr = X[np.asarray(split).astype(str) == "train"]
+    W = np.zeros((X.shape[1] + 1, T.shape[1]))
+    for j in range(T.shape[1]):
+        keep = ~np.isnan(T[:, j])
+        if len(np.unique(T[keep, j])) < 2:
+            continue  # a finding with one class only: constant zero score
+        clf = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(Xtr[keep], T[keep, j])
+        W[:-1, j], W[-1, j] = clf.coef_[0], clf.intercept_[0]
+    return W
+
+
+# ---------------------------------------------------------------- save / load
+
+
+def save_classifier(model: DiagnosticClassifier, cfg: ClassifierConfig, folder: str | Path) -> Path:
+    """Write ``folder/model.safetensors`` and ``folder/config.json`` (the config's fields)."""
+    folder = Path(folder)
+    write_tensors(folder / "model.safetensors", model.state_dict())
+    write_json(folder / "config.json", asdict(cfg))
+    return folder
+
+
+def load_classifier(folder: str | Path, device="cpu") -> DiagnosticClassifier:
+    """Mirror of ``save_classifier``: the model in eval mode on ``device``."""
+    folder = Path(folder)
+    raw = read_json(folder / "config.json")
+    names = {f.name for f in fields(ClassifierConfig)}
+    cfg = ClassifierConfig(**{k: v for k, v in raw.items() if k in names})
+    model = DiagnosticClassifier(cfg)
+    model.load_state_dict(read_tensors(folder / "model.safetensors"))
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------- the notebook stage
+
+
+@dataclass
+class StageData:
+    """The run's usable rows: embeddings, labels and splits, row-aligned (rows without an embedding dropped)."""
+
+    X: np.ndarray  # (n, d_in) float32
+    Y: np.ndarray  # (n, 5) labels 1 / 0 / -1 / NaN
+    split: np.ndarray  # (n,) "train" / "val" / "test"
+    image_id: np.ndarray  # (n,)
+
+
+def load_stage_data(run_dir: str | Path) -> StageData:
+    """Read the embedding store and manifest of a run (the only place this stage touches them)."""
+    from lanic_nb.embed import EmbeddingStore
+    from lanic_nb.io import read_table
+    from lanic_nb.rundir import RunDir
+
+    rd = RunDir(Path(run_dir))
+    store = EmbeddingStore.open(rd.embed)
+    manifest = read_table(rd.manifest)
+    if len(manifest) != len(store.image):
+        raise ValueError(f"manifest has {len(manifest)} rows, the embedding store {len(store.image)}")
+    ok = store.ok & np.isfinite(np.asarray(store.image)).all(1)
+    return StageData(
+        X=np.asarray(store.image[ok], dtype=np.float32),
+        Y=manifest.loc[ok, list(FINDINGS)].to_numpy(dtype=np.float32),
+        split=manifest.loc[ok, "split"].astype(str).to_numpy(),
+        image_id=manifest.loc[ok, "image_id"].astype(str).to_numpy(),
+    )
+
+
+def zero_shot_matrix(run_dir: str | Path, image_id: np.ndarray) -> np.ndarray | None:
+    """The CLIP zero-shot scores (n, 5) for these images, or None if the run has none."""
+    from lanic_nb.io import read_table
+    from lanic_nb.rundir import RunDir
+
+    path = RunDir(Path(run_dir)).clip / "zeroshot_scores.parquet"
+    if not path.exists():
+        return None
+    table = read_table(path).astype({"image_id": str}).set_index("image_id")
+    return table.reindex(pd.Index(image_id, dtype=str))[list(FINDINGS)].to_numpy(dtype=np.float64)
+
+
+def fit_classifier_stage(
+    run_dir: str | Path, cfg: ClassifierConfig, device="cpu", n_boot: int = 500, probe_C: float = 1.0,
+) -> tuple[DiagnosticClassifier, pd.DataFrame, pd.DataFrame]:
+    """Train the head, the linear probe; evaluate them beside zero-shot on the test split; write classifier/.
+
+    Writes ``classifier/model.safetensors``, ``config.json``, ``metrics.csv`` (the table) and
+    ``history.csv``. Returns (model, history, table).
+    """
+    from lanic_nb.io import write_table
+    from lanic_nb.rundir import RunDir
+
+    data = load_stage_data(run_dir)
+    model, history = train_classifier(cfg, data.X, data.Y, data.split, device)
+    W = train_linear_probe(data.X, data.Y, data.split, cfg.uncertain_policy, probe_C, cfg.seed)
+    te = data.split == "test"
+    scores = {"mlp": predict_logits(model, data.X[te], device), "linear probe": data.X[te] @ W[:-1] + W[-1]}
+    zs = zero_shot_matrix(run_dir, data.image_id[te])
+    if zs is not None and np.isfinite(zs).all():
+        scores["zero-shot"] = zs
+    table = evaluate(scores, data.Y[te], n_boot=n_boot, seed=cfg.seed)
+    folder = RunDir(Path(run_dir)).classifier
+    save_classifier(model, cfg, folder)
+    write_table(folder / "metrics.csv", table)
+    write_table(folder / "history.csv", history)
+    return model, history, table
+
+
+def plot_auroc_table(table: pd.DataFrame):
+    """AUROC per finding and model with the bootstrap 95% intervals as error bars."""
+    import matplotlib.pyplot as plt
+
+    per = table[table.finding != "mean"]
+    models = list(dict.fromkeys(per.model))
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    width = 0.8 / len(models)
+    for i, m in enumerate(models):
+        t = per[per.model == m]
+        x = np.arange(len(t)) + i * width
+        ax.bar(x, t.auroc, width, label=m,
+               yerr=[t.auroc - t.auroc_lo, t.auroc_hi - t.auroc], capsize=2)
+    ax.set_xticks(np.arange(len(FINDINGS)) + 0.4 - width / 2, FINDINGS, fontsize=8)
+    ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+    ax.set_ylim(0.3, 1.0)
+    ax.set_ylabel("test AUROC")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

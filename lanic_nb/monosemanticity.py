@@ -1,0 +1,173 @@
+"""How monosemantic are the units, measured against the phantom's planted truth (EVALUATION ONLY).
+
+A unit (a pattern, one member's latent, or a raw embedding dimension) is monosemantic for a planted
+concept when its activation alone separates images with the concept from those without: AUROC near 1.
+For every unit we report its best concept, that AUROC and the margin to the second-best concept; for a
+set of units, *recovery* (share of planted concepts that some unit detects with AUROC >= 0.95) and how
+often the text-side annotation names the right concept and category.
+
+This module is evaluation code: it is allowed to open the ground-truth table (through
+``lanic_nb.evaluation``); no training stage may import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import rankdata
+
+from lanic_nb.concepts import match_concept
+from lanic_nb.evaluation import concept_categories, ground_truth_matrix, load_ground_truth
+from lanic_nb.io import write_table
+from lanic_nb.patterns import rows_per_batch
+from lanic_nb.rundir import RunDir
+
+EVALUATION_CSV = "evaluation.csv"
+SUMMARY_KEYS = ("n_units", "n_concepts", "recovery", "n_monosemantic", "category_accuracy", "concept_accuracy",
+                "category_accuracy_best", "concept_accuracy_best", "category_agreement", "mean_best_auroc")
+
+
+def auroc_matrix(activations: np.ndarray, presence: np.ndarray) -> np.ndarray:
+    """(n_units, n_concepts) AUROC of each unit's activation for each concept (Mann-Whitney, ties averaged).
+
+    activations: (n_images, n_units); presence: (n_images, n_concepts) bool. NaN where a concept is
+    always or never present.
+    """
+    act = np.asarray(activations, dtype=np.float64)
+    y = np.asarray(presence, dtype=np.float64)
+    ranks = rankdata(act, axis=0)  # (n, U)
+    n_pos = y.sum(axis=0)  # (K,)
+    n_neg = y.shape[0] - n_pos
+    rank_sum = ranks.T @ y  # (U, K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    auc[:, (n_pos == 0) | (n_neg == 0)] = np.nan
+    return auc
+
+
+def best_concepts(auc: np.ndarray, concepts: Sequence[str]) -> pd.DataFrame:
+    """Per unit: best concept, its AUROC, the second's AUROC and the margin between them."""
+    filled = np.nan_to_num(auc, nan=0.0)
+    order = np.argsort(-filled, axis=1, kind="stable")
+    idx = np.arange(len(auc))
+    best = filled[idx, order[:, 0]]
+    second = filled[idx, order[:, 1]] if auc.shape[1] > 1 else np.full(len(auc), 0.5)
+    return pd.DataFrame(
+        {
+            "unit": idx,
+            "best_concept": np.asarray(concepts, dtype=object)[order[:, 0]],
+            "best_auroc": best,
+            "second_auroc": second,
+            "margin": best - second,
+        }
+    )
+
+
+def summarize_units(
+    auc: np.ndarray,
+    concepts: Sequence[str],
+    categories: dict[str, str],
+    annotations: pd.DataFrame,
+    vocab: pd.DataFrame,
+    recover_at: float = 0.95,
+    monosemantic_at: float = 0.9,
+) -> dict[str, float]:
+    """Recovery, and annotation accuracy on the units that detect a planted concept.
+
+    category/concept accuracy: over units whose best AUROC >= ``monosemantic_at``, the share whose
+    annotated category (top-1 concept) equals that planted concept's category (vocabulary entry).
+    ``*_best`` variants look only at the single best unit of each recovered concept; ``category_agreement``
+    compares every unit's annotated category with that of its best planted concept, whatever the AUROC.
+    """
+    best = best_concepts(auc, concepts)
+    ann = annotations.set_index("unit")
+    vocab_name = {c: match_concept(c, vocab) for c in concepts}
+    filled = np.nan_to_num(auc, nan=0.0)
+    valid = ~np.isnan(auc).all(axis=0) if len(auc) else np.ones(auc.shape[1], bool)
+    best_per_concept = filled.max(axis=0) if len(filled) else np.zeros(auc.shape[1])
+    recovered = (best_per_concept >= recover_at) & valid
+
+    def accuracy(units: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+        if len(units) == 0:
+            return np.nan, np.nan
+        got_cat = ann.reindex(units)["category"].fillna("").to_numpy()
+        got_con = ann.reindex(units)["concept_1"].fillna("").to_numpy() if "concept_1" in ann else np.full(len(units), "")
+        cat_ok = np.array([g == categories.get(t, "") for g, t in zip(got_cat, truth, strict=True)])
+        con_ok = np.array([g == vocab_name[t] for g, t in zip(got_con, truth, strict=True)])
+        return float(cat_ok.mean()), float(con_ok.mean())
+
+    mono = best["best_auroc"].to_numpy() >= monosemantic_at
+    cat_acc, con_acc = accuracy(best["unit"].to_numpy()[mono], best["best_concept"].to_numpy()[mono])
+    rec_idx = np.nonzero(recovered)[0]
+    top_unit = filled.argmax(axis=0)[rec_idx] if len(filled) else np.zeros(0, np.int64)
+    cat_best, con_best = accuracy(top_unit, np.asarray(concepts, dtype=object)[rec_idx])
+    cat_all, _ = accuracy(best["unit"].to_numpy(), best["best_concept"].to_numpy())
+    return {
+        "n_units": int(len(auc)),
+        "n_concepts": int(valid.sum()),
+        "recovery": float(recovered.sum() / max(valid.sum(), 1)),
+        "n_monosemantic": int(mono.sum()),
+        "category_accuracy": cat_acc,
+        "concept_accuracy": con_acc,
+        "category_accuracy_best": cat_best,
+        "concept_accuracy_best": con_best,
+        "category_agreement": cat_all,
+        "mean_best_auroc": float(best["best_auroc"].mean()) if len(best) else np.nan,
+    }
+
+
+def evaluate_unit_sets(
+    run_dir: str | Path,
+    image_ids: Sequence[str],
+    unit_sets: dict[str, tuple[np.ndarray, pd.DataFrame]],
+    vocab: pd.DataFrame,
+    recover_at: float = 0.95,
+    monosemantic_at: float = 0.9,
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Evaluate named unit sets against the run's planted truth; write ``patterns/evaluation.csv``.
+
+    unit_sets: name -> (activations (n_images, n_units) row-aligned with ``image_ids``, annotations).
+    Returns the summary table (one row per set) and, per set, the per-unit table (best concept etc.).
+    A run without planted truth (real data) gets an empty table and no file.
+    """
+    if not RunDir(Path(run_dir)).ground_truth.exists():
+        return pd.DataFrame(columns=["units", *SUMMARY_KEYS]), {}
+    gt = load_ground_truth(run_dir)
+    presence = ground_truth_matrix(gt, image_ids)
+    concepts = list(presence.columns)
+    cats = concept_categories(gt)
+    rows, per_unit = [], {}
+    for name, (act, ann) in unit_sets.items():
+        auc = auroc_matrix(act, presence.to_numpy())
+        per_unit[name] = best_concepts(auc, concepts)
+        rows.append({"units": name} | summarize_units(auc, concepts, cats, ann, vocab, recover_at, monosemantic_at))
+    table = pd.DataFrame(rows)
+    write_table(RunDir(Path(run_dir)).patterns / EVALUATION_CSV, table)
+    return table, per_unit
+
+
+def baseline_units(ensemble, x: torch.Tensor, member: int = 0) -> dict[str, np.ndarray]:
+    """Activations of the two comparison unit sets on ``x`` (n, d_in): one member's latents, and the raw
+    embedding dimensions taken with both signs (a dimension may encode a concept by going negative)."""
+    device, step = next(ensemble.parameters()).device, rows_per_batch(ensemble)
+    with torch.no_grad():
+        z = np.concatenate(
+            [ensemble.encode(x[s : s + step].to(device).float())[member].cpu().numpy() for s in range(0, len(x), step)]
+        ) if len(x) else np.zeros((0, ensemble.cfg.d_dict), np.float32)
+    xn = x.float().cpu().numpy()
+    return {"single transcoder": z, "embedding dims": np.concatenate([xn, -xn], axis=1)}
+
+
+def headline_metrics(evaluation: pd.DataFrame, main: str = "ensemble patterns") -> dict[str, float]:
+    """Flat figures for record_metrics: the main set's recovery and accuracies, the other sets' as suffixes."""
+    out: dict[str, float] = {}
+    for _, row in evaluation.iterrows():
+        suffix = "" if row["units"] == main else "_" + str(row["units"]).replace(" ", "_")
+        for key in ("recovery", "category_accuracy", "concept_accuracy", "category_accuracy_best", "category_agreement",
+                    "mean_best_auroc"):
+            out[key + suffix] = float(row[key])
+    return out

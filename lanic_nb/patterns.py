@@ -1,0 +1,458 @@
+"""Merge the latents of a transcoder ensemble into patterns, and describe each pattern.
+
+Why merge: independently trained sparse coders disagree (only about a third of features are shared across
+seeds, Paulo & Belrose 2025), so one member's latent is weak evidence of a real feature. A *pattern* is a
+decoder direction that many members learned independently; its *consistency* is the fraction of members
+that hold it. CXR-LanIC keeps the consistent ones.
+
+The merge never forms the dense (N*d_dict)^2 similarity matrix. It works like an inverted-file index:
+
+1. spherical k-means on a sample of unit decoder directions gives ~sqrt(M) coarse cells;
+2. every latent is stored in its nearest cell and *queries* its two nearest cells (multi-probe, so a
+   pattern straddling a cell border is not cut in two);
+3. inside a cell, each query keeps its top-k neighbours from *other* members with cosine >= threshold;
+4. union-find over those edges; a component in which a member appears twice is re-built edge by edge in
+   descending similarity, refusing any union that would put two latents of one member in one pattern.
+
+Cost is about 3 * M * sqrt(M) * d multiply-adds instead of M^2 * d.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS_FILE = "directions.safetensors"
+PATTERNS_JSON = "patterns.json"
+
+
+@dataclass
+class MergeConfig:
+    """How latents of different members are joined into patterns."""
+
+    sim_threshold: float = 0.7
+    """Minimum cosine between two members' decoder directions for them to be the same pattern."""
+    min_consistency: float = 0.5
+    """Keep patterns held by at least this fraction of members."""
+    block_size: int = 4096
+    """Rows per similarity block (bounds memory: block_size x cell size floats)."""
+    n_neighbors: int = 8
+    """Neighbours (from other members, above threshold) each latent links to inside a cell."""
+    n_cells: int = 0
+    """Coarse k-means cells; 0 picks about sqrt(number of latents)."""
+    kmeans_iters: int = 6
+    """Spherical k-means iterations for the coarse cells."""
+    kmeans_sample: int = 20000
+    """Latents sampled to fit the coarse cells."""
+    seed: int = 0
+    """Seed of the k-means sample and initialization."""
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.sim_threshold <= 1.0:
+            raise ValueError(f"sim_threshold must be a cosine in [-1, 1], got {self.sim_threshold}")
+        if not 0.0 <= self.min_consistency <= 1.0:
+            raise ValueError(f"min_consistency must be in [0, 1], got {self.min_consistency}")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.n_neighbors < 1:
+            raise ValueError(f"n_neighbors must be >= 1, got {self.n_neighbors}")
+        if self.n_cells < 0:
+            raise ValueError(f"n_cells must be >= 0 (0 = automatic), got {self.n_cells}")
+        if self.kmeans_iters < 0:
+            raise ValueError(f"kmeans_iters must be >= 0, got {self.kmeans_iters}")
+        if self.kmeans_sample < 1:
+            raise ValueError(f"kmeans_sample must be >= 1, got {self.kmeans_sample}")
+
+
+@dataclass
+class PatternSet:
+    """Patterns of one ensemble: which latent belongs where, and each pattern's summary."""
+
+    latent_pattern: torch.Tensor  # (n_members, d_dict) int64, pattern id or -1 (dropped)
+    directions: torch.Tensor  # (n_patterns, d_out) unit canonical directions (normalized member mean)
+    consistency: torch.Tensor  # (n_patterns,) fraction of members holding the pattern
+    n_latents: torch.Tensor  # (n_patterns,) member latents in the pattern (= members, one each)
+    config: MergeConfig
+
+    @property
+    def n_members(self) -> int:
+        return self.latent_pattern.shape[0]
+
+    @property
+    def n_patterns(self) -> int:
+        return self.directions.shape[0]
+
+    def members_of(self, pattern: int) -> list[tuple[int, int]]:
+        """(member, latent) pairs of one pattern."""
+        m, j = torch.nonzero(self.latent_pattern == pattern, as_tuple=True)
+        return list(zip(m.tolist(), j.tolist(), strict=True))
+
+    def save(self, folder: str | Path) -> Path:
+        """``folder/directions.safetensors`` (tensors) + ``folder/patterns.json`` (config and sizes)."""
+        folder = Path(folder)
+        write_tensors(
+            folder / DIRECTIONS_FILE,
+            {
+                "latent_pattern": self.latent_pattern,
+                "directions": self.directions,
+                "consistency": self.consistency,
+                "n_latents": self.n_latents,
+            },
+        )
+        write_json(
+            folder / PATTERNS_JSON,
+            {"config": asdict(self.config), "n_members": self.n_members, "n_patterns": self.n_patterns},
+        )
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> PatternSet:
+        folder = Path(folder)
+        t = read_tensors(folder / DIRECTIONS_FILE, device=device)
+        meta = read_json(folder / PATTERNS_JSON)
+        return cls(t["latent_pattern"], t["directions"], t["consistency"], t["n_latents"], MergeConfig(**meta["config"]))
+
+
+def _spherical_kmeans(x: torch.Tensor, n_cells: int, iters: int, gen: torch.Generator) -> torch.Tensor:
+    """Unit centroids (n_cells, d) of unit rows ``x`` (n, d) by cosine k-means."""
+    cent = x[torch.randperm(x.shape[0], generator=gen)[:n_cells]].clone()
+    for _ in range(iters):
+        assign = (x @ cent.T).argmax(dim=1)  # (n,)
+        sums = torch.zeros_like(cent).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=n_cells)
+        empty = counts == 0
+        if empty.any():  # re-seed empty cells with random points so every cell is used
+            cent[empty] = x[torch.randint(0, x.shape[0], (int(empty.sum()),), generator=gen)]
+        cent[~empty] = F.normalize(sums[~empty], dim=1)
+    return cent
+
+
+def _top2_cells(x: torch.Tensor, cent: torch.Tensor, block: int) -> torch.Tensor:
+    """Nearest and second-nearest cell of every row  # (n, 2)."""
+    out = torch.empty(x.shape[0], min(2, cent.shape[0]), dtype=torch.long)
+    for s in range(0, x.shape[0], block):
+        out[s : s + block] = (x[s : s + block] @ cent.T).topk(out.shape[1], dim=1).indices
+    return out
+
+
+@contextlib.contextmanager
+def _single_thread():
+    """Small per-cell blocks run faster on one thread (no OpenMP hand-off on a busy CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cell_edges(
+    d: torch.Tensor, member: torch.Tensor, cells: torch.Tensor, cfg: MergeConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges (i, j, cosine) between latents of different members, found inside coarse cells."""
+    n_cells = int(cells.max()) + 1
+    home = cells[:, 0]
+    order = torch.argsort(home)
+    bounds = torch.searchsorted(home[order], torch.arange(n_cells + 1))
+    q_order = torch.argsort(cells[:, -1])  # queries of a cell = its own latents + those probing it second
+    q_bounds = torch.searchsorted(cells[q_order, -1], torch.arange(n_cells + 1))
+    src, dst, sim = [], [], []
+    with _single_thread():
+        for c in range(n_cells):
+            stored = order[bounds[c] : bounds[c + 1]]
+            if len(stored) < 2 and cells.shape[1] == 1:
+                continue
+            probing = q_order[q_bounds[c] : q_bounds[c + 1]]
+            queries = torch.cat([stored, probing]) if cells.shape[1] > 1 else stored
+            if len(stored) == 0 or len(queries) == 0:
+                continue
+            ds, ms = d[stored], member[stored]
+            k = min(cfg.n_neighbors, len(stored))
+            for s in range(0, len(queries), cfg.block_size):
+                q = queries[s : s + cfg.block_size]
+                sims = d[q] @ ds.T  # (block, n_stored)
+                sims.masked_fill_(member[q][:, None] == ms[None, :], -2.0)  # never link two latents of one member
+                val, idx = sims.topk(k, dim=1)
+                keep = val >= cfg.sim_threshold
+                rows = q[:, None].expand_as(idx)[keep]
+                src.append(rows)
+                dst.append(stored[idx[keep]])
+                sim.append(val[keep])
+    if not src:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return torch.cat(src).numpy(), torch.cat(dst).numpy(), torch.cat(sim).numpy()
+
+
+def _constrained_union(
+    nodes: np.ndarray, src: np.ndarray, dst: np.ndarray, sim: np.ndarray, member: np.ndarray
+) -> dict[int, int]:
+    """Kruskal in descending similarity, refusing unions that would repeat a member; node -> root."""
+    parent = {int(n): int(n) for n in nodes}
+    members = {int(n): 1 << int(member[n]) for n in nodes}
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for e in np.argsort(-sim, kind="stable"):
+        a, b = find(int(src[e])), find(int(dst[e]))
+        if a == b or members[a] & members[b]:
+            continue
+        parent[b] = a
+        members[a] |= members[b]
+    return {n: find(n) for n in parent}
+
+
+def merge_latents(
+    W_dec: torch.Tensor, cfg: MergeConfig | None = None, alive: torch.Tensor | None = None
+) -> PatternSet:
+    """Cluster all latents of all members by decoder direction into patterns.
+
+    W_dec: (n_members, d_dict, d_out) decoder rows; alive: optional (n_members, d_dict) bool, latents that
+    ever fire (dead latents carry arbitrary directions and are left out).
+    """
+    cfg = cfg or MergeConfig()
+    n_members, d_dict, d_out = W_dec.shape
+    d = F.normalize(W_dec.detach().float().cpu().reshape(-1, d_out), dim=1)  # (M, d_out)
+    member = torch.arange(n_members).repeat_interleave(d_dict)  # (M,)
+    ids = torch.arange(d.shape[0])
+    if alive is not None:
+        ids = ids[alive.reshape(-1).cpu()]
+    if len(ids) == 0:
+        log.warning("merge: no alive latents, so no patterns")
+        return PatternSet(torch.full((n_members, d_dict), -1, dtype=torch.long), torch.zeros(0, d_out),
+                          torch.zeros(0), torch.zeros(0, dtype=torch.long), cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x, mem = d[ids], member[ids]
+
+    n_cells = cfg.n_cells or max(1, int(math.sqrt(len(ids))))
+    n_cells = min(n_cells, max(1, len(ids)))
+    sample = x[torch.randperm(len(ids), generator=gen)[: cfg.kmeans_sample]]
+    cent = _spherical_kmeans(sample, min(n_cells, len(sample)), cfg.kmeans_iters, gen)
+    cells = _top2_cells(x, cent, cfg.block_size)
+    src, dst, sim = _cell_edges(x, mem, cells, cfg)
+    log.info("merge: %d latents, %d cells, %d edges", len(ids), cent.shape[0], len(src))
+
+    n = len(ids)
+    graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    mem_np = mem.numpy()
+    # A component holding one member twice chained two patterns together (or one member split a feature):
+    # rebuild only those components edge by edge.
+    dup = pd.DataFrame({"c": comp, "m": mem_np}).duplicated().to_numpy()
+    bad = np.unique(comp[dup])
+    if len(bad):
+        in_bad = np.isin(comp, bad)
+        lo, hi = np.minimum(src, dst)[in_bad[src]], np.maximum(src, dst)[in_bad[src]]
+        _, first_of = np.unique(lo * n + hi, return_index=True)  # each undirected edge once
+        roots = _constrained_union(np.nonzero(in_bad)[0], lo[first_of], hi[first_of], sim[in_bad[src]][first_of], mem_np)
+        nodes = np.fromiter(roots.keys(), np.int64)
+        comp = comp.copy()
+        comp[nodes] = comp.max() + 1 + np.fromiter(roots.values(), np.int64)
+    _, comp = np.unique(comp, return_inverse=True)
+
+    sizes = np.bincount(comp)
+    min_members = math.ceil(cfg.min_consistency * n_members - 1e-9)
+    kept = np.nonzero(sizes >= max(min_members, 1))[0]
+    # Order patterns by consistency, then by the first latent that holds them (deterministic ids).
+    first = np.full(len(sizes), n, np.int64)
+    np.minimum.at(first, comp, np.arange(n))
+    kept = kept[np.lexsort((first[kept], -sizes[kept]))]
+    new_id = np.full(len(sizes), -1, np.int64)
+    new_id[kept] = np.arange(len(kept))
+
+    latent_pattern = torch.full((n_members * d_dict,), -1, dtype=torch.long)
+    latent_pattern[ids] = torch.from_numpy(new_id[comp])
+    pid = latent_pattern[ids]
+    ok = pid >= 0
+    sums = torch.zeros(len(kept), d_out).index_add_(0, pid[ok], x[ok])
+    counts = torch.from_numpy(sizes[kept]).long()
+    return PatternSet(
+        latent_pattern=latent_pattern.reshape(n_members, d_dict),
+        directions=F.normalize(sums, dim=1),
+        consistency=counts.float() / n_members,
+        n_latents=counts,
+        config=cfg,
+    )
+
+
+def rows_per_batch(ensemble, budget: int = 1 << 25) -> int:
+    """Input rows per encode call so that z (n_members, rows, d_dict) holds about ``budget`` floats."""
+    return max(1, budget // (ensemble.cfg.n_members * ensemble.cfg.d_dict))
+
+
+@torch.no_grad()
+def pattern_activations(ensemble, patterns: PatternSet, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """(batch, n_patterns): sum over a pattern's member latents of z, divided by n_members.
+
+    Dividing by n_members (not by the pattern's size) makes the activations the pattern's share of the
+    ensemble-mean code, so attribution through the mean reconstruction is additive over patterns.
+    """
+    device = next(ensemble.parameters()).device
+    batch_size = batch_size or rows_per_batch(ensemble)
+    flat = patterns.latent_pattern.reshape(-1).to(device)  # (M,)
+    keep = torch.nonzero(flat >= 0).squeeze(1)
+    pid = flat[keep]
+    out = []
+    for s in range(0, x.shape[0], batch_size):
+        z = ensemble.encode(x[s : s + batch_size].to(device).float())  # (n_members, batch, d_dict)
+        zf = z.permute(1, 0, 2).reshape(z.shape[1], -1)  # (batch, M)
+        act = torch.zeros(zf.shape[0], patterns.n_patterns, device=device)
+        act.index_add_(1, pid, zf[:, keep])
+        out.append((act / patterns.n_members).cpu())
+    if not out:
+        return torch.zeros(0, patterns.n_patterns)
+    return torch.cat(out)
+
+
+def plant_decoders(
+    n_members: int, d_dict: int, d_out: int, n_true: int, share: float = 0.8, noise: float = 0.05, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A synthetic ensemble decoder with known patterns (tests and ``bench/patterns.py``).
+
+    ``n_true`` random unit directions; each member holds each one with probability ``share`` (at a random
+    latent, plus a Gaussian jitter of norm about ``noise``); remaining latents are random
+    member-specific directions. Returns W_dec (n_members, d_dict, d_out) with unit rows and the truth
+    (n_members, d_dict) int64: the planted direction of each latent or -1.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    true = F.normalize(torch.randn(n_true, d_out, generator=gen), dim=1)
+    W = F.normalize(torch.randn(n_members, d_dict, d_out, generator=gen), dim=2)
+    truth = torch.full((n_members, d_dict), -1, dtype=torch.long)
+    for m in range(n_members):
+        held = torch.nonzero(torch.rand(n_true, generator=gen) < share).squeeze(1)[:d_dict]
+        slots = torch.randperm(d_dict, generator=gen)[: len(held)]
+        jitter = torch.randn(len(held), d_out, generator=gen) * (noise / math.sqrt(d_out))  # norm ~ noise
+        W[m, slots] = F.normalize(true[held] + jitter, dim=1)
+        truth[m, slots] = held
+    return W, truth
+
+
+# ------------------------------------------------------------------------------------------ per pattern
+
+
+def pattern_stats(
+    activations: torch.Tensor | np.ndarray, image_ids: np.ndarray | None = None, k_top: int = 20, n_quantiles: int = 5
+) -> pd.DataFrame:
+    """Per pattern: firing frequency, mean and max activation, top-k images, one image per activation quantile.
+
+    activations: (n_images, n_patterns). ``quantile_images`` samples the images that fire the pattern at the
+    middle of each of ``n_quantiles`` equal-count bands, so a gallery shows weak as well as strong examples.
+    """
+    act = np.asarray(activations, dtype=np.float32)
+    ids = np.asarray(image_ids) if image_ids is not None else np.arange(act.shape[0])
+    fires = act > 0
+    rows = []
+    for p in range(act.shape[1]):
+        a = act[:, p]
+        top = np.argsort(-a, kind="stable")[:k_top]
+        top = top[a[top] > 0]
+        on = np.nonzero(fires[:, p])[0]
+        on = on[np.argsort(a[on], kind="stable")]  # ascending activation
+        bands = [on[int((q + 0.5) * len(on) / n_quantiles)] for q in range(n_quantiles)] if len(on) else []
+        rows.append(
+            {
+                "pattern_id": p,
+                "firing_freq": float(fires[:, p].mean()) if len(a) else 0.0,
+                "mean_act": float(a.mean()) if len(a) else 0.0,
+                "max_act": float(a.max()) if len(a) else 0.0,
+                "top_images": [str(i) for i in ids[top]],
+                "quantile_images": [str(i) for i in ids[np.asarray(bands, dtype=np.int64)]],
+            }
+        )
+    columns = ["pattern_id", "firing_freq", "mean_act", "max_act", "top_images", "quantile_images"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+@torch.no_grad()
+def logit_effects(classifier, patterns: PatternSet, findings: tuple[str, ...]) -> pd.DataFrame:
+    """Effect of one unit of each pattern's canonical direction on each finding's logit: fc2.weight @ direction."""
+    w = classifier.fc2.weight.detach().float().cpu()  # (n_findings, hidden)
+    eff = (patterns.directions.float() @ w.T).numpy()  # (n_patterns, n_findings)
+    return pd.DataFrame({f"effect_{f}": eff[:, i] for i, f in enumerate(findings)})
+
+
+def latent_alive(ensemble, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """(n_members, d_dict) bool: latents that fire on at least one row of ``x`` (dead ones are not merged)."""
+    device = next(ensemble.parameters()).device
+    batch_size = batch_size or rows_per_batch(ensemble)
+    alive = None
+    with torch.no_grad():
+        for s in range(0, x.shape[0], batch_size):
+            fired = (ensemble.encode(x[s : s + batch_size].to(device).float()) > 0).any(dim=1).cpu()
+            alive = fired if alive is None else alive | fired
+    return alive
+
+
+def assemble_pattern_table(
+    patterns: PatternSet,
+    stats: pd.DataFrame,
+    effects: pd.DataFrame,
+    annotations: pd.DataFrame | None = None,
+    sentences: list[list[str]] | None = None,
+) -> pd.DataFrame:
+    """The pattern table (one row per pattern): consistency, size, stats, logit effects, concepts, sentences."""
+    table = pd.DataFrame(
+        {
+            "pattern_id": np.arange(patterns.n_patterns),
+            "consistency": patterns.consistency.numpy(),
+            "n_latents": patterns.n_latents.numpy(),
+        }
+    )
+    table = table.merge(stats, on="pattern_id", how="left")
+    table = pd.concat([table, effects.reset_index(drop=True)], axis=1)
+    if annotations is not None:
+        table = table.merge(annotations.rename(columns={"unit": "pattern_id"}), on="pattern_id", how="left")
+    if sentences is not None:
+        table["top_sentences"] = sentences
+    return table
+
+
+@dataclass
+class StageInputs:
+    """What the pattern stage reads from earlier stages of a run (readable images only)."""
+
+    ensemble: torch.nn.Module
+    classifier: torch.nn.Module
+    store: object  # lanic_nb.embed.EmbeddingStore
+    manifest: pd.DataFrame  # rows of the readable images, in embedding order
+    x: torch.Tensor  # (n_images, d_in) image embeddings
+    image_ids: np.ndarray  # (n_images,) str
+
+
+def load_stage_inputs(run_dir: str | Path, device: str | torch.device = "cpu") -> StageInputs:
+    """Ensemble, classifier, embedding store and manifest of a run (never the ground truth)."""
+    from lanic_nb.classify import load_classifier
+    from lanic_nb.embed import EmbeddingStore
+    from lanic_nb.io import read_table
+    from lanic_nb.rundir import RunDir
+    from lanic_nb.transcoder import TranscoderEnsemble
+
+    rd = RunDir(Path(run_dir))
+    store = EmbeddingStore.open(rd.embed)
+    rows = np.nonzero(store.ok)[0]
+    manifest = read_table(rd.manifest).iloc[rows].reset_index(drop=True)
+    return StageInputs(
+        ensemble=TranscoderEnsemble.load(rd.transcoders, device),
+        classifier=load_classifier(rd.classifier, device).eval(),
+        store=store,
+        manifest=manifest,
+        x=torch.from_numpy(np.asarray(store.image[rows], dtype=np.float32)),
+        image_ids=manifest["image_id"].astype(str).to_numpy(),
+    )

@@ -1,0 +1,280 @@
+"""Concept vocabulary, report mining, mask-free annotation, and the evaluation-only ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lanic_nb.concepts import (
+    CATEGORIES,
+    AnnotationConfig,
+    annotate_units,
+    concept_similarity,
+    embed_concepts,
+    extend_vocabulary,
+    infer_category,
+    load_text_encoder,
+    load_vocabulary,
+    match_concept,
+    mention_matrix,
+    mine_noun_phrases,
+    read_iu_reports,
+    report_purity,
+    representative_images,
+    top_sentences,
+)
+from lanic_nb.monosemanticity import auroc_matrix, best_concepts, summarize_units
+from lanic_nb.phantom import CONCEPTS
+
+
+def test_vocabulary_covers_six_categories_with_synonyms():
+    vocab = load_vocabulary()
+    assert len(vocab) >= 150
+    counts = vocab["category"].value_counts()
+    assert set(counts.index) == set(CATEGORIES) and counts.min() >= 15
+    assert (vocab["synonyms"].map(len) > 0).mean() > 0.9
+
+
+def test_every_phantom_concept_maps_to_a_vocabulary_entry_of_its_category():
+    vocab = load_vocabulary().set_index("concept")
+    for name, concept in CONCEPTS.items():
+        entry = match_concept(name, vocab.reset_index())
+        assert entry is not None, name
+        assert vocab.loc[entry, "category"] == concept.category, (name, entry)
+
+
+def test_miner_finds_known_phrases():
+    reports = [
+        "FINDINGS: Small left pleural effusion. No pneumothorax. The cardiac silhouette is enlarged.",
+        "Moderate right pleural effusion with adjacent atelectasis. Sternotomy wires are intact.",
+        "No pleural effusion or pneumothorax. Normal cardiac silhouette. Sternotomy wires noted.",
+        "Pleural effusions are seen bilaterally. Endotracheal tube terminates above the carina.",
+    ]
+    mined = mine_noun_phrases(reports, min_count=2)
+    found = dict(zip(mined["phrase"], mined["count"], strict=True))
+    assert found["pleural effusion"] == 4  # plural folded, once per report
+    assert found["pneumothorax"] == 2 and found["cardiac silhouette"] == 2 and found["sternotomy wires"] == 2
+    for junk in ("small", "left pleural effusion", "no", "pleural", "enlarged", "effusion left"):
+        assert junk not in found
+
+
+def test_miner_on_real_indiana_reports():
+    pytest.importorskip("torchxrayvision")
+    reports = read_iu_reports()
+    assert len(reports) == 3955
+    mined = mine_noun_phrases(reports, min_count=20)
+    top = set(mined["phrase"].head(60))
+    for phrase in ("pleural effusion", "pneumothorax", "consolidation", "cardiomediastinal silhouette", "heart size"):
+        assert phrase in top, phrase
+    vocab = extend_vocabulary(load_vocabulary(), mined, max_new=50)
+    new = vocab[vocab["mined"]]
+    assert len(new) == 50 and not set(new["concept"]) & set(load_vocabulary()["concept"])
+    assert infer_category("thoracic aorta", load_vocabulary()) == "cardiac"
+
+
+def test_representative_images_adaptive_count():
+    cfg = AnnotationConfig(top_fraction=0.93, min_images=2, max_images=5)
+    act = np.array([0.0, 10.0, 9.5, 1.0, 9.4, 0.0, 9.2])
+    # threshold 10 - 0.07 * 10 = 9.3 keeps 10, 9.5, 9.4 (9.2 is below)
+    assert list(representative_images(act, cfg)) == [1, 2, 4]
+    act2 = np.array([0.0, 10.0, 1.0, 2.0])
+    assert list(representative_images(act2, cfg)) == [1, 3]  # min_images tops it up
+    assert len(representative_images(np.zeros(5), cfg)) == 0
+
+
+def _tiny_world(n_per=30, d=12, seed=0):
+    """Concept embeddings on orthogonal axes, images near one concept each, a template off-axis."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.linalg.qr(torch.randn(d, d, generator=g)).Q.T
+    vocab = pd.DataFrame(
+        {
+            "concept": ["pleural effusion", "cardiomegaly", "pacemaker", "laterality marker", "scoliosis"],
+            "category": ["pleural", "cardiac", "device", "artifact", "structural"],
+            "synonyms": [[], [], [], [], []],
+        }
+    )
+    concept_emb = q[:5]
+    template = q[5]
+    labels = np.repeat(np.arange(5), n_per)
+    images = F.normalize(concept_emb[labels] + 0.8 * template + 0.3 * torch.randn(len(labels), d, generator=g), dim=1)
+    return vocab, concept_emb, template, labels, images
+
+
+def test_annotation_picks_the_planted_concept():
+    vocab, concept_emb, template, labels, images = _tiny_world()
+    sim = concept_similarity(images, concept_emb, template).numpy()
+    rng = np.random.default_rng(0)
+    # unit u fires on the images of concept u (graded), and weakly at random elsewhere
+    act = np.stack([np.where(labels == u, 1.0 + rng.random(len(labels)), 0.1 * rng.random(len(labels))) for u in range(5)], 1)
+    ann = annotate_units(act, sim, vocab, AnnotationConfig(min_images=3))
+    assert list(ann["concept_1"]) == list(vocab["concept"])
+    assert list(ann["category"]) == list(vocab["category"])
+    assert (ann["category_confidence"] > 0.5).all()
+    assert (ann["score_1"] > ann["score_2"]).all()
+
+
+def test_top_sentences_ranks_by_activation():
+    act = np.array([[0.1, 0.0], [0.9, 0.0], [0.5, 0.2], [0.9, 0.0]])
+    texts = ["a", "b", "c", "b"]
+    assert top_sentences(act, texts, k=2) == [["b", "c"], ["c"]]
+
+
+def test_auroc_matrix_matches_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    act = rng.random((60, 4))
+    act[:, 2] = np.round(act[:, 2], 1)  # ties
+    y = rng.random((60, 3)) < 0.3
+    auc = auroc_matrix(act, y)
+    for u in range(4):
+        for k in range(3):
+            assert auc[u, k] == pytest.approx(roc_auc_score(y[:, k], act[:, u]))
+    y[:, 1] = False
+    assert np.isnan(auroc_matrix(act, y)[:, 1]).all()
+
+
+def test_summarize_units_recovery_and_accuracy():
+    vocab = load_vocabulary()
+    concepts = ["pleural_effusion", "pacemaker", "scoliosis"]
+    cats = {"pleural_effusion": "pleural", "pacemaker": "device", "scoliosis": "structural"}
+    auc = np.array([[0.99, 0.5, 0.5], [0.5, 0.97, 0.6], [0.6, 0.55, 0.7]])  # scoliosis not recovered
+    ann = pd.DataFrame({"unit": [0, 1, 2], "concept_1": ["pleural effusion", "chest tube", "scoliosis"],
+                        "category": ["pleural", "device", "structural"]})
+    s = summarize_units(auc, concepts, cats, ann, vocab)
+    assert s["recovery"] == pytest.approx(2 / 3)
+    assert s["n_monosemantic"] == 2
+    assert s["category_accuracy"] == 1.0 and s["concept_accuracy"] == 0.5
+    best = best_concepts(auc, concepts)
+    assert list(best["best_concept"]) == concepts and best.loc[1, "margin"] == pytest.approx(0.37)
+
+
+def test_poisoned_truth_fails_any_read_and_is_restored(tmp_path):
+    from conftest import poisoned_ground_truth
+
+    from lanic_nb.evaluation import load_ground_truth
+    from lanic_nb.io import write_table
+    from lanic_nb.rundir import RunDir
+
+    gt = pd.DataFrame({"image_id": ["a"], "concept": ["pacemaker"], "category": ["device"], "present": [True],
+                       "side": [""], "severity": [1.0]})
+    write_table(RunDir(tmp_path).ground_truth, gt)
+    with poisoned_ground_truth(tmp_path):
+        assert RunDir(tmp_path).ground_truth.exists()  # an exists() check does not dodge the guard
+        with pytest.raises(Exception):  # noqa: B017 - pyarrow raises its own error type
+            load_ground_truth(tmp_path)
+        with pytest.raises(Exception):  # noqa: B017
+            pd.read_parquet(RunDir(tmp_path).ground_truth)
+    pd.testing.assert_frame_equal(load_ground_truth(tmp_path), gt)
+
+
+@pytest.mark.notebook
+def test_training_notebooks_ran_with_the_truth_poisoned(small_run):
+    """small_run runs 01-03 (embedding, classifier, transcoders) with ground_truth.parquet unreadable; had
+    any of them read it, until("03") would have raised. Afterwards the truth is back for evaluation."""
+    from conftest import TRAINING_STAGES
+
+    from lanic_nb.evaluation import load_ground_truth
+
+    run = small_run.until("03")
+    assert {s[:2] for s in small_run.done} >= set(TRAINING_STAGES)
+    assert len(load_ground_truth(run)) > 0
+
+
+@pytest.mark.notebook
+def test_pattern_stage_before_evaluation_never_reads_the_truth(small_run, monkeypatch):
+    """The merge, activations, statistics and annotation run with every parquet read of the truth raising."""
+    import pyarrow.parquet as pq
+
+    import lanic_nb.evaluation as evaluation
+    from lanic_nb import patterns as P
+    from lanic_nb.rundir import RunDir
+
+    run = small_run.until("03")
+    truth = RunDir(run).ground_truth.resolve()
+
+    def guard(fn):
+        def wrapped(path, *args, **kwargs):
+            if isinstance(path, str | Path) and Path(path).resolve() == truth:
+                raise AssertionError(f"the pattern stage opened the ground truth: {path}")
+            return fn(path, *args, **kwargs)
+
+        return wrapped
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("load_ground_truth called outside evaluation")
+
+    monkeypatch.setattr(evaluation, "load_ground_truth", forbidden)
+    monkeypatch.setattr(pd, "read_parquet", guard(pd.read_parquet))
+    monkeypatch.setattr(pq, "read_table", guard(pq.read_table))
+    inp = P.load_stage_inputs(run)
+    alive = P.latent_alive(inp.ensemble, inp.x)
+    ps = P.merge_latents(inp.ensemble.W_dec, P.MergeConfig(sim_threshold=0.5), alive=alive)
+    act = P.pattern_activations(inp.ensemble, ps, inp.x).numpy()
+    P.pattern_stats(act, inp.image_ids)
+    vocab = load_vocabulary().head(40)
+    emb, tmpl = embed_concepts(load_text_encoder(inp.store), vocab)
+    ann = annotate_units(act, concept_similarity(inp.x, emb, tmpl).numpy(), vocab)
+    assert len(ann) == ps.n_patterns
+    with pytest.raises(AssertionError, match="ground truth"):
+        pd.read_parquet(truth)  # the guard itself works
+
+
+def test_mentions_skip_negations_and_purity_finds_the_concept():
+    vocab = load_vocabulary()
+    reports = ["Small left pleural effusion.", "No pleural effusion. Pacemaker in place.", "Pacer leads intact.",
+               "Heart size is normal."] * 5
+    m = mention_matrix(reports, vocab)
+    col = {c: i for i, c in enumerate(vocab["concept"])}
+    assert list(m[:4, col["pleural effusion"]]) == [True, False, False, False]
+    assert list(m[:4, col["pacemaker"]]) == [False, True, True, False]  # synonym "pacer" counts
+    act = np.zeros((20, 1))
+    act[[1, 2, 5, 6], 0] = 1.0  # fires on the pacemaker reports
+    assert np.isnan(report_purity(act, m, k=10, min_firing=5).loc[0, "purity"])  # 4 firing images: too few
+    p = report_purity(act, m, k=4, min_firing=4)
+    assert vocab["concept"][p.loc[0, "purity_concept"]] == "pacemaker"
+    assert p.loc[0, "purity"] == 1.0 and p.loc[0, "lift"] == pytest.approx(0.5)
+
+
+def test_evaluate_unit_sets_reads_truth_and_writes_table(tmp_path):
+    from lanic_nb.io import write_table
+    from lanic_nb.monosemanticity import evaluate_unit_sets, headline_metrics
+    from lanic_nb.rundir import RunDir
+
+    vocab = load_vocabulary()
+    ids = [f"im{i}" for i in range(40)]
+    rng = np.random.default_rng(0)
+    present = {"pacemaker": rng.random(40) < 0.3, "scoliosis": rng.random(40) < 0.4}
+    ann = pd.DataFrame({"unit": [0, 1], "concept_1": ["pacemaker", "rib fracture"], "category": ["device", "device"]})
+    act = np.stack([present["pacemaker"] * 2.0, rng.random(40)], axis=1)
+    table, _ = evaluate_unit_sets(tmp_path, ids, {"ensemble patterns": (act, ann)}, vocab)
+    assert table.empty and not (RunDir(tmp_path).patterns / "evaluation.csv").exists()  # no truth: real data
+    gt = pd.DataFrame([{"image_id": i, "concept": c, "category": {"pacemaker": "device", "scoliosis": "structural"}[c],
+                        "present": bool(present[c][k]), "side": "", "severity": 0.0}
+                       for k, i in enumerate(ids) for c in present])
+    write_table(RunDir(tmp_path).ground_truth, gt)
+    table, per_unit = evaluate_unit_sets(tmp_path, ids, {"ensemble patterns": (act, ann)}, vocab)
+    assert (RunDir(tmp_path).patterns / "evaluation.csv").exists()
+    m = headline_metrics(table)
+    assert m["recovery"] == 0.5 and m["category_accuracy"] == 1.0 and m["concept_accuracy"] == 1.0
+    assert per_unit["ensemble patterns"].loc[0, "best_concept"] == "pacemaker"
+
+
+def test_zero_units_summarize_to_nothing_recovered():
+    vocab = load_vocabulary()
+    auc = auroc_matrix(np.zeros((10, 0)), np.arange(10)[:, None] < 5)
+    s = summarize_units(auc, ["pacemaker"], {"pacemaker": "device"}, annotate_units(np.zeros((10, 0)), np.zeros((10, 3)), vocab.head(3)), vocab)
+    assert s["n_units"] == 0 and s["recovery"] == 0.0 and s["n_monosemantic"] == 0
+
+
+def test_category_agreement_counts_every_unit():
+    vocab = load_vocabulary()
+    auc = np.array([[0.7, 0.6], [0.55, 0.65]])  # no unit reaches 0.9, yet each has a best concept
+    ann = pd.DataFrame({"unit": [0, 1], "concept_1": ["pacemaker", "pacemaker"], "category": ["device", "device"]})
+    s = summarize_units(auc, ["pacemaker", "scoliosis"], {"pacemaker": "device", "scoliosis": "structural"}, ann, vocab)
+    assert np.isnan(s["category_accuracy"]) and s["category_agreement"] == 0.5
