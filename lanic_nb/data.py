@@ -496,3 +496,35 @@ def read_dataset(kind: str, *args, **kwargs) -> pd.DataFrame:
     if kind not in READERS:
         raise ValueError(f"kind must be one of {sorted(READERS)}, got {kind!r}")
     return READERS[kind](*args, **kwargs)
+
+
+def manifest_summary(manifest: pd.DataFrame) -> dict:
+    """Counts and label rates of any manifest (what notebook 00 records for a real dataset)."""
+    return {
+        "n_images": int(len(manifest)),
+        "n_patients": int(manifest["patient_id"].nunique()),
+        "split_counts": {k: int(v) for k, v in manifest["split"].value_counts().items()},
+        "status_counts": {k: int(v) for k, v in manifest["status"].value_counts().items()},
+        "with_report": float((manifest["report"].fillna("").str.len() > 0).mean()),
+        "label_positive_rate": {f: float((manifest[f] == 1).mean()) for f in FINDINGS},
+        "label_uncertain_rate": {f: float((manifest[f] == -1).mean()) for f in FINDINGS},
+        "label_missing_rate": {f: float(manifest[f].isna().mean()) for f in FINDINGS},
+    }
+
+
+def build_manifest(run_dir: str | Path, kind: str, *args, **kwargs) -> pd.DataFrame:
+    """Read a real dataset with ``read_dataset(kind, ...)`` and install its manifest in the run.
+
+    Later stages read only ``<run_dir>/data/manifest.parquet``; a real manifest keeps absolute image
+    paths, so the images stay where the release put them (nothing is copied out of the data-use area).
+    """
+    from lanic_nb.io import write_json, write_table
+    from lanic_nb.rundir import RunDir
+
+    manifest = read_dataset(kind, *args, **kwargs)
+    if manifest.empty:
+        raise ValueError(f"the {kind!r} reader found no images under {args or kwargs}; check the paths")
+    rd = RunDir(Path(run_dir))
+    write_table(rd.manifest, manifest)
+    write_json(rd.data / "meta.json", {"dataset": kind, **manifest_summary(manifest)})
+    return manifest
