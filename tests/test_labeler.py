@@ -53,6 +53,45 @@ SENTENCES = [
     ("Stable cardiomegaly. No edema.", {C: 1, E: 0}),
     ("Possible effusion. Definite effusion on the left.", {P: 1}),  # positive outranks uncertain
     ("No effusion on the right. Possible effusion on the left.", {P: -1}),  # uncertain outranks negative
+    # Hedges CheXpert treats as uncertain: "question", "difficult to (entirely) exclude", "suspected",
+    # "favored", "suspicion for", "limits evaluation for".
+    ("Question of mild edema or early pneumonia?", {E: -1}),
+    ("Question small left effusion.", {P: -1}),
+    ("A small effusion is difficult to completely exclude.", {P: -1}),
+    ("Basilar opacity, atelectasis hard to entirely exclude.", {A: -1}),
+    ("Small bilateral effusions suspected.", {P: -1}),
+    ("Patchy basilar opacity favored to be atelectasis.", {A: -1}),
+    ("Suspicion for a small right effusion.", {P: -1}),
+    ("The lateral view limits evaluation for effusion.", {P: -1}),
+    # Hedges reach across "which" and "and": a differential list hedges every item in it ...
+    ("Increased markings which may be compatible with mild edema.", {E: -1}),
+    ("Differential includes infection and mild pulmonary edema.", {E: -1}),
+    # ... but stop at "with" and a contrast: the new finding keeps its own label.
+    ("Probable small effusion with left basilar atelectasis.", {A: 1, P: -1}),
+    ("Cardiomegaly with basilar infiltrate versus atelectasis.", {A: -1, C: 1}),
+    ("Mild atelectasis, though infection cannot be excluded.", {A: 1}),
+    # Negation stops at with / but / however / ";".
+    ("The heart is not enlarged, but there is a small right effusion.", {C: 0, P: 1}),
+    ("No edema; small left effusion.", {E: 0, P: 1}),
+    ("No edema, however a small left effusion is present.", {E: 0, P: 1}),
+    ("No consolidation with a moderate right effusion.", {CO: 0, P: 1}),
+    # Resolved findings are negative (CheXpert: "clearing of", "has cleared", "interval resolution").
+    ("Almost complete clearing of the left basal atelectasis.", {A: 0}),
+    ("The effusion, consolidation and atelectasis have all cleared in the interval.", {A: 0, CO: 0, P: 0}),
+    ("The consolidation has since resolved.", {CO: 0}),
+    ("Right basilar atelectasis with interval resolution.", {A: 0}),
+    # Only lung edema: chest-wall / soft-tissue edema is not the finding.
+    ("Subcutaneous edema along the chest wall.", {}),
+    ("Soft tissue edema over the right shoulder.", {}),
+    # CheXpert counts vascular prominence / indistinctness as Edema, but only as uncertain.
+    ("Mild central vascular prominence.", {E: -1}),
+    ("Prominent central pulmonary vasculature.", {E: -1}),
+    ("No vascular prominence.", {E: 0}),
+    # CheXpert's atelectasis is "atelecta*" / "collapse", not volume loss.
+    ("Postoperative volume loss in the left hemithorax.", {}),
+    # De-identified reports mask "angle" as "xxxx".
+    ("Right costophrenic xxxx is blunted.", {P: 1}),
+    ("Normal heart size. Cardiomediastinal silhouette otherwise unremarkable.", {C: 0}),
 ]
 
 
