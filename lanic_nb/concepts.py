@@ -147,18 +147,41 @@ def infer_category(phrase: str, vocab: pd.DataFrame) -> str:
     return votes.most_common(1)[0][0]
 
 
+def _singular(name: str) -> str:
+    # Word-wise singular of a normalized name, so "flattened diaphragms" meets the synonym "flattened diaphragm".
+    words = _normalize(name).split()
+    return " ".join(w[:-3] + "y" if w.endswith("ies") else w[:-1] if w.endswith("s") and not w.endswith(("ss", "us", "is"))
+                    else w for w in words)
+
+
 def extend_vocabulary(vocab: pd.DataFrame, phrases: pd.DataFrame, max_new: int = 200) -> pd.DataFrame:
-    """Add mined phrases (most frequent first) that are not already a concept or synonym."""
-    known = set(vocab["concept"]) | {s for syns in vocab["synonyms"] for s in syns}
+    """Add mined phrases (most frequent first) as new concepts, unless they name a known one.
+
+    A phrase that is a known concept or synonym up to plurals, or that ``match_concept`` maps to a known concept
+    ("lung consolidation" -> consolidation), becomes a synonym of that concept instead of a rival
+    concept with the same meaning (which would split the concept's score and make a right name count as wrong).
+    """
+    syns = [list(s) for s in vocab["synonyms"]]
+    owner: dict[str, int] = {}
+    for i, (concept, names) in enumerate(zip(vocab["concept"], syns, strict=True)):
+        for name in (concept, *names):
+            owner.setdefault(_singular(name), i)
+    index_of = {c: i for i, c in enumerate(vocab["concept"])}
     rows = []
     for phrase in phrases.sort_values("count", ascending=False)["phrase"]:
-        if len(rows) >= max_new:
-            break
-        if phrase in known:
+        key = _singular(phrase)
+        i = owner.get(key)
+        if i is None and key not in owner:
+            i = index_of.get(match_concept(key, vocab))
+        if i is not None and i >= 0:
+            if phrase != vocab["concept"].iloc[i] and phrase not in syns[i]:
+                syns[i].append(phrase)
             continue
-        known.add(phrase)
+        if key in owner or len(rows) >= max_new:
+            continue
+        owner[key] = -1  # a new concept: later variants of it are dropped, not added twice
         rows.append({"concept": phrase, "category": infer_category(phrase, vocab), "synonyms": [], "mined": True})
-    out = vocab.assign(mined=False)
+    out = vocab.assign(synonyms=syns, mined=False)
     return pd.concat([out, pd.DataFrame(rows, columns=out.columns)], ignore_index=True) if rows else out
 
 
@@ -261,18 +284,42 @@ def load_text_encoder(store, name: str = ""):
 
 
 @torch.no_grad()
-def embed_concepts(encoder, vocab: pd.DataFrame, template: str = TEMPLATE) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_concepts(
+    encoder, vocab: pd.DataFrame, template: str = TEMPLATE, known_text: Iterable[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Concept embeddings (C, d) (mean of the prompt over the concept and its synonyms, unit norm) and the
-    bare-template embedding (d,), both from the VLM's text tower on CPU."""
+    bare-template embedding (d,), both from the VLM's text tower on CPU.
+
+    known_text: if given (e.g. the reports the VLM was trained on), only names that occur in it enter a
+    concept's mean (all of them when none does). A text tower trained on that text alone gives names it never
+    read arbitrary embeddings, which would otherwise drown the ones it knows.
+    """
     texts, owner = [], []
-    for i, (concept, syns) in enumerate(zip(vocab["concept"], vocab["synonyms"], strict=True)):
-        for name in (concept, *syns):
+    for i, names in enumerate(prompt_names(vocab, known_text)):
+        for name in names:
             texts.append(template.format(name))
             owner.append(i)
     emb = encoder.encode_texts(texts).float().cpu()  # (n_texts, d)
     sums = torch.zeros(len(vocab), emb.shape[1]).index_add_(0, torch.tensor(owner), emb)
     bare = encoder.encode_texts([template.replace("{}", "").strip()]).float().cpu()[0]
     return F.normalize(sums, dim=1), F.normalize(bare, dim=0)
+
+
+def prompt_names(vocab: pd.DataFrame, known_text: Iterable[str] | None = None) -> list[list[str]]:
+    """Per concept, the names whose prompts are averaged: the concept and its synonyms, restricted to those
+    occurring (as whole words, plural too) in ``known_text`` when given, all of them when none occurs."""
+    seen = " " + " . ".join(_normalize(t) for t in known_text) + " " if known_text is not None else None
+    out = []
+    for concept, syns in zip(vocab["concept"], vocab["synonyms"], strict=True):
+        names = [concept, *syns]
+        out.append(([n for n in names if _occurs(n, seen)] or names) if seen is not None else names)
+    return out
+
+
+def _occurs(name: str, text: str) -> bool:
+    # ``text`` is normalized and space-padded: a whole-word match (plural too) is a plain substring test.
+    key = _normalize(name)
+    return bool(key) and (f" {key} " in text or f" {key}s " in text)
 
 
 def concept_similarity(image_emb: torch.Tensor, concept_emb: torch.Tensor, template_emb: torch.Tensor) -> torch.Tensor:

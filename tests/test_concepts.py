@@ -23,6 +23,7 @@ from lanic_nb.concepts import (
     match_concept,
     mention_matrix,
     mine_noun_phrases,
+    prompt_names,
     read_iu_reports,
     report_purity,
     representative_images,
@@ -278,3 +279,27 @@ def test_category_agreement_counts_every_unit():
     ann = pd.DataFrame({"unit": [0, 1], "concept_1": ["pacemaker", "pacemaker"], "category": ["device", "device"]})
     s = summarize_units(auc, ["pacemaker", "scoliosis"], {"pacemaker": "device", "scoliosis": "structural"}, ann, vocab)
     assert np.isnan(s["category_accuracy"]) and s["category_agreement"] == 0.5
+
+
+def test_mined_variants_of_known_concepts_become_synonyms_not_rivals():
+    # Regression: "flattened diaphragms" (plural of hyperinflation's synonym) and "lung consolidation" used to be
+    # added as separate concepts, so a unit named by them counted as wrongly named.
+    vocab = load_vocabulary()
+    mined = pd.DataFrame({"phrase": ["flattened diaphragms", "lung consolidation", "plate-like", "scoliosis",
+                                     "plate-likes"], "count": [50, 40, 30, 20, 10]})
+    out = extend_vocabulary(vocab, mined, max_new=10)
+    assert list(out.loc[out["mined"], "concept"]) == ["plate-like"]  # its plural is folded into it, not re-added
+    syn = dict(zip(out["concept"], out["synonyms"], strict=True))
+    assert "flattened diaphragms" in syn["hyperinflation"]
+    assert "lung consolidation" in syn["consolidation"]
+    assert syn["scoliosis"] == list(vocab.set_index("concept").loc["scoliosis", "synonyms"])  # itself: unchanged
+    assert len(out) == len(vocab) + 1
+
+
+def test_prompt_names_keep_only_names_the_text_knows():
+    vocab = pd.DataFrame({"concept": ["under-exposure", "nodule"], "category": ["artifact", "pulmonary"],
+                          "synonyms": [["underexposure", "underpenetrated film"], ["granuloma"]]})
+    reports = ["Study is limited by underexposure.", "No focal consolidation."]
+    assert prompt_names(vocab, reports) == [["underexposure"], ["nodule", "granuloma"]]  # none known: keep all
+    assert prompt_names(vocab) == [["under-exposure", "underexposure", "underpenetrated film"], ["nodule", "granuloma"]]
+    assert prompt_names(vocab, ["Two nodules."])[1] == ["nodule"]  # plurals count

@@ -108,3 +108,19 @@ def test_notebook_writes_the_neuron_table(small_run):
         assert 0.5 <= m[f"mean_best_auroc_{unit_set}"] <= 1.0
         for method in ("mammi", "clip_dissect", "topk_mean"):
             assert 0.0 <= m[f"{method}_assigned_auroc_{unit_set}"] <= 1.0
+
+
+def test_vlm_ceiling_reads_each_planted_concepts_own_column():
+    from lanic_nb.mammi import ceiling_metrics, vlm_ceiling
+
+    _, sim, vocab, truth = _planted_case()
+    ceiling = vlm_ceiling(sim, truth, vocab)
+    assert list(ceiling["concept"]) == ["pleural effusion", "pacemaker", "nodule"]
+    assert ceiling["zero_shot_auroc"].min() > 0.9  # the similarity knows each concept
+    flipped = vlm_ceiling(-sim, truth, vocab)
+    assert flipped["zero_shot_auroc"].max() < 0.1  # a wrong sign would show
+    shifted = vlm_ceiling(np.roll(sim, 1, axis=1), truth, vocab)  # wrong columns: chance
+    assert shifted["zero_shot_auroc"].max() < 0.7
+    m = ceiling_metrics(ceiling)
+    assert set(m["vlm_ceiling"]) == {"pleural_effusion", "pacemaker", "nodule"} and m["vlm_ceiling_mean"] > 0.9
+    assert ceiling_metrics(None) == {}
