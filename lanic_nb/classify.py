@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
+from lanic_nb.checks import require_at_least_one
 from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
 from lanic_nb.manifest import FINDINGS
 
@@ -60,9 +61,7 @@ class ClassifierConfig:
     """Training minibatch size."""
 
     def __post_init__(self) -> None:
-        for name in ("d_in", "hidden", "max_epochs", "patience", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least_one(self, ("d_in", "hidden", "max_epochs", "patience", "batch_size"))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.lr <= 0:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
+from lanic_nb.checks import require_at_least_one
 from lanic_nb.device import seed_everything
 from lanic_nb.embed import split_sentences
 from lanic_nb.encoders import (
@@ -100,10 +101,13 @@ class SmallClipConfig:
     """Seed of initialisation, batches and augmentation."""
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "vision_layers", "vision_width", "text_layers", "text_width",
-                     "text_heads", "embed_dim", "context_length", "vocab_size", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least_one(
+            self,
+            (
+                "image_size", "patch_size", "vision_layers", "vision_width", "text_layers", "text_width",
+                "text_heads", "embed_dim", "context_length", "vocab_size", "batch_size"
+            ),
+        )
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0 (0 saves the initialised model), got {self.steps}")
         if self.image_size % self.patch_size:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from lanic_nb.checks import require_at_least_one
 from lanic_nb.classify import masked_bce, mean_auroc, policy_targets
 from lanic_nb.concepts import AnnotationConfig, annotate_units, match_concept
 from lanic_nb.manifest import FINDINGS
@@ -105,9 +106,7 @@ class CNNConfig:
     """Seeds the initialization and the batch order."""
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "hidden", "epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least_one(self, ("image_size", "hidden", "epochs", "batch_size"))
         self.channels = tuple(int(c) for c in self.channels)
         if not self.channels or min(self.channels) < 1:
             raise ValueError(f"channels must be a non-empty tuple of positive ints, got {self.channels}")

@@ -26,6 +26,7 @@ from scipy.stats import rankdata
 from torch import nn
 from tqdm.auto import tqdm
 
+from lanic_nb.checks import require_at_least_one
 from lanic_nb.encoders import EncoderUnavailable, hub_offline
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,7 @@ class TileAEConfig:
     """Seeds the initialization and the batch order."""
 
     def __post_init__(self) -> None:
-        for name in ("d_embed", "channels", "epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least_one(self, ("d_embed", "channels", "epochs", "batch_size"))
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 

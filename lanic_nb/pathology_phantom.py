@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lanic_nb.checks import require_at_least_one
 from lanic_nb.io import read_json, read_table, read_tensors, write_json, write_table, write_tensors
 
 TISSUES: tuple[str, ...] = ("tumour", "lymphocytes", "stroma", "necrosis", "fat")
@@ -70,9 +71,7 @@ class TileConfig:
     """Seeds everything."""
 
     def __post_init__(self) -> None:
-        for name in ("n_slides", "grid", "tile_size", "n_blobs"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least_one(self, ("n_slides", "grid", "tile_size", "n_blobs"))
         if self.library_size <= 0:
             raise ValueError(f"library_size must be > 0, got {self.library_size}")
         if self.stain_jitter < 0:

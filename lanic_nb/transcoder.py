@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lanic_nb.checks import require_at_least_one
 from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
 
 log = logging.getLogger(__name__)
@@ -103,10 +104,13 @@ class TranscoderConfig:
     """Resolved per-member seeds (derived)."""
 
     def __post_init__(self) -> None:
-        for name in ("d_in", "d_out", "d_dict", "n_members", "k", "aux_k", "dead_steps", "steps",
-                     "batch_size", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least_one(
+            self,
+            (
+                "d_in", "d_out", "d_dict", "n_members", "k", "aux_k", "dead_steps", "steps", "batch_size",
+                "checkpoint_every"
+            ),
+        )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.k > self.d_dict:
