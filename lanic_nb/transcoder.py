@@ -19,6 +19,11 @@ loss is summed (not averaged) with the others', so no gradient crosses members a
 updates each member exactly as if it were trained alone: member i equals a single transcoder trained with
 seed i on the same data (tests/test_transcoder.py checks this).
 
+With TopK only k of the d_dict latents are nonzero per row, so by default (``sparse_topk``) the step does just
+one dense product forward (the encoder, which must see every latent to choose k) and computes the decode, the
+value gradients and the aux-k loss as gathers over the chosen latents; weight gradients are one product each
+with the scattered codes. Same values and gradients as the dense formulation (tested), fewer products.
+
 Activations are one switch: "topk" (k largest pre-activations, then ReLU, Gao et al. 2024:
 exactly k nonzeros whenever the k-th pre-activation is positive), "batchtopk" (the k x batch
 largest over the batch, Bussmann et al. 2024; a learned threshold at inference), "relu" (ReLU with an L1
@@ -38,6 +43,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -98,6 +104,10 @@ class TranscoderConfig:
     """Per-member dictionary sizes (<= d_dict); latents beyond a member's size are masked off."""
     normalize_decoder: bool = True
     """Keep decoder rows at unit norm (renormalized after every step)."""
+    sparse_topk: bool = True
+    """"topk" only: after the dense encoder product, touch just the k chosen latents per row (decode, both
+    decoder gradients, the encoder gradient and the aux-k loss), as gathers and scatter-adds, instead of
+    dense products over all d_dict latents. Same math, about d_dict / k less work outside the encoder."""
     checkpoint_every: int = 500
     """Steps between checkpoints when a checkpoint folder is given."""
     member_seeds: list[int] = field(init=False, repr=False)
@@ -192,13 +202,82 @@ class _Step(torch.autograd.Function):
         return None, (-(1.0 / bw) * near * grad).sum(dim=1, keepdim=True), None
 
 
+def _flat_latents(idx: torch.Tensor, d_dict: int) -> torch.Tensor:
+    """Member-local latent indices (n_members, batch, k) -> rows of the flattened (n_members * d_dict, .) weights."""
+    n, b, k = idx.shape
+    return (idx + d_dict * torch.arange(n, device=idx.device).view(n, 1, 1)).reshape(n * b, k)
+
+
+class _SparseDecode(torch.autograd.Function):
+    """h = sum_j vals[..., j] * W_dec[member, idx[..., j]] without a dense (n_members, batch, d_dict) product.
+
+    Forward: ``F.embedding_bag`` (mode "sum", per-sample weights) gathers the k decoder rows per sample.
+    Backward: the k value gradients are k dot products (embedding_bag's own per-sample-weight gradient);
+    the decoder gradient is one product of the scattered codes with the output gradient (on CPU a dense
+    product beats scatter-adding b x k rows, which needs a global sort of the indices).
+    """
+
+    @staticmethod
+    def forward(ctx, idx, vals, w_dec):  # (n, batch, k), (n, batch, k), (n, d_dict, d_out)
+        ctx.save_for_backward(idx, vals, w_dec)
+        n, b, k = idx.shape
+        d_dict, d_out = w_dec.shape[1:]
+        out = F.embedding_bag(_flat_latents(idx, d_dict), w_dec.reshape(n * d_dict, d_out),
+                              per_sample_weights=vals.reshape(n * b, k), mode="sum")
+        return out.view(n, b, d_out)
+
+    @staticmethod
+    def backward(ctx, g):  # g (n, batch, d_out)
+        idx, vals, w_dec = ctx.saved_tensors
+        n, b, k = idx.shape
+        d_dict, d_out = w_dec.shape[1:]
+        g_vals = g_w = None
+        if ctx.needs_input_grad[1]:
+            with torch.enable_grad():
+                p = vals.detach().reshape(n * b, k).requires_grad_()
+                out = F.embedding_bag(_flat_latents(idx, d_dict), w_dec.reshape(n * d_dict, d_out),
+                                      per_sample_weights=p, mode="sum")
+                (g_vals,) = torch.autograd.grad(out, p, g.reshape(n * b, d_out))
+            g_vals = g_vals.view(n, b, k)
+        if ctx.needs_input_grad[2]:
+            z = vals.new_zeros(n, b, d_dict).scatter_add_(-1, idx, vals)
+            g_w = torch.bmm(z.transpose(1, 2), g)  # (n, d_dict, d_out)
+        return None, g_vals, g_w
+
+
+class _GatherPre(torch.autograd.Function):
+    """The encoder's pre-activations at chosen latents, pre[m, i, idx[m, i, j]], with a lean backward.
+
+    ``pre`` was computed without a graph (one dense product, needed to choose the latents); its values at idx
+    are W_enc[m, idx] . (x - b_pre)[m, i] + b_enc[m, idx]. The backward scatters the k gradients per sample
+    into a (n, batch, d_dict) matrix G once and needs one product for W_enc (G^T (x - b_pre)); b_enc and
+    b_pre get column sums, and x (only if it asks) one more product.
+    """
+
+    @staticmethod
+    def forward(ctx, pre, idx, x, w_enc, b_enc, b_pre):
+        ctx.save_for_backward(idx, x, w_enc, b_pre)
+        return pre.gather(-1, idx)
+
+    @staticmethod
+    def backward(ctx, g):  # g (n, batch, k)
+        idx, x, w_enc, b_pre = ctx.saved_tensors
+        n, b, _ = idx.shape
+        G = g.new_zeros(n, b, w_enc.shape[1]).scatter_add_(-1, idx, g)  # (n, batch, d_dict)
+        g_b = G.sum(1)  # (n, d_dict)
+        g_w = torch.bmm(G.transpose(1, 2), x - b_pre.unsqueeze(1)) if ctx.needs_input_grad[3] else None
+        g_pre_bias = -torch.bmm(g_b.unsqueeze(1), w_enc).squeeze(1) if ctx.needs_input_grad[5] else None
+        g_x = torch.bmm(G, w_enc) if ctx.needs_input_grad[2] else None
+        return None, None, g_x, g_w, g_b, g_pre_bias
+
+
 def _member_init(cfg: TranscoderConfig, seed: int) -> dict[str, torch.Tensor]:
     """Random initial weights of one member, from its own generator (so it is the same alone or stacked)."""
     g = torch.Generator().manual_seed(seed)
     w_dec = torch.randn(cfg.d_dict, cfg.d_out, generator=g)
     w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
     w_enc = torch.randn(cfg.d_in, cfg.d_dict, generator=g) / math.sqrt(cfg.d_in)
-    return {"W_enc": w_enc, "W_dec": w_dec}
+    return {"W_enc": w_enc.T.contiguous(), "W_dec": w_dec}
 
 
 class TranscoderEnsemble(nn.Module):
@@ -209,7 +288,8 @@ class TranscoderEnsemble(nn.Module):
         self.cfg = cfg
         n, di, do, dd = cfg.n_members, cfg.d_in, cfg.d_out, cfg.d_dict
         inits = [_member_init(cfg, s) for s in cfg.member_seeds]
-        self.W_enc = nn.Parameter(torch.stack([m["W_enc"] for m in inits]))  # (n_members, d_in, d_dict)
+        # Both weights are latent-major, one row per latent, so the sparse path gathers and scatters whole rows.
+        self.W_enc = nn.Parameter(torch.stack([m["W_enc"] for m in inits]))  # (n_members, d_dict, d_in)
         self.b_enc = nn.Parameter(torch.zeros(n, dd))  # (n_members, d_dict)
         self.W_dec = nn.Parameter(torch.stack([m["W_dec"] for m in inits]))  # (n_members, d_dict, d_out)
         self.b_dec = nn.Parameter(torch.zeros(n, do))  # (n_members, d_out)
@@ -231,7 +311,7 @@ class TranscoderEnsemble(nn.Module):
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         x = self._x3(x)  # (n_members, batch, d_in)
-        pre = torch.baddbmm(self.b_enc.unsqueeze(1), x - self.b_pre.unsqueeze(1), self.W_enc)
+        pre = torch.baddbmm(self.b_enc.unsqueeze(1), x - self.b_pre.unsqueeze(1), self.W_enc.transpose(1, 2))
         if self.cfg.dict_sizes is None:  # nothing masked: skip a pass over (n_members, batch, d_dict)
             return pre
         return pre.masked_fill(~self.latent_mask.unsqueeze(1), -torch.inf if self._is_topk else 0.0)
@@ -280,6 +360,8 @@ class TranscoderEnsemble(nn.Module):
     def forward(self, x: torch.Tensor, h: torch.Tensor | None = None) -> TranscoderOutput:
         """Codes and prediction; with a target h (shared or per member) also the losses, per member."""
         cfg = self.cfg
+        if self._sparse:
+            return self._forward_sparse(x, h)
         pre = self.pre_activations(x)
         z = self._mask(self.activate(pre))
         h_hat = self.decode(z)
@@ -288,9 +370,7 @@ class TranscoderEnsemble(nn.Module):
         if h is None:
             return TranscoderOutput(h_hat, z, zero.sum(), zero, zero, l1, zero)
         h = self._x3(h)
-        err = (h_hat - h).pow(2).sum(-1).mean(-1)  # (n_members,)
-        var = (h - h.mean(1, keepdim=True)).pow(2).sum(-1).mean(-1).clamp_min(1e-12)
-        fvu = err / var
+        err, var, fvu = self._losses(h_hat, h)
         mse = err / cfg.d_out
         if cfg.activation == "relu":
             sparsity = l1
@@ -304,6 +384,54 @@ class TranscoderEnsemble(nn.Module):
         loss = (fvu + cfg.l1_coeff * sparsity + cfg.aux_coeff * aux).sum()
         return TranscoderOutput(h_hat, z, loss, mse, aux, l1, fvu)
 
+    @property
+    def _sparse(self) -> bool:
+        return self.cfg.activation == "topk" and self.cfg.sparse_topk
+
+    def _losses(self, h_hat: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per member: squared error per sample, variance of h per sample, FVU  # each (n_members,)."""
+        err = (h_hat - h).pow(2).sum(-1).mean(-1)
+        var = (h - h.mean(1, keepdim=True)).pow(2).sum(-1).mean(-1).clamp_min(1e-12)
+        return err, var, err / var
+
+    def _forward_sparse(self, x: torch.Tensor, h: torch.Tensor | None) -> TranscoderOutput:
+        """TopK through gathers (``sparse_topk``): the same values and gradients as the dense path. The
+        encoder's forward product stays dense (it chooses the latents); the main and the aux-k latents share
+        one gather, so one product gives W_enc's gradient for both."""
+        cfg = self.cfg
+        x3 = self._x3(x)  # (n_members, batch, d_in)
+        with torch.no_grad():
+            pre = self.pre_activations(x3)  # (n_members, batch, d_dict), no graph: its backward would be dense
+            idx = pre.topk(cfg.k, dim=-1, sorted=False).indices  # (n_members, batch, k)
+            aux_on = self.training and h is not None and cfg.aux_coeff > 0
+            dead = (self.steps_since_fired >= cfg.dead_steps) & self.latent_mask  # (n_members, d_dict)
+            aux_on = aux_on and bool(dead.any())
+            if aux_on:
+                k_aux = min(cfg.aux_k, cfg.d_dict)
+                masked = pre.masked_fill(~dead.unsqueeze(1), -torch.inf)
+                idx_aux = masked.topk(k_aux, dim=-1, sorted=False).indices  # (n_members, batch, aux_k)
+                # rows with fewer than aux_k dead latents also pick live ones: they count as zero
+                aux_ok = torch.isfinite(masked.gather(-1, idx_aux))
+                idx = torch.cat([idx, idx_aux], dim=-1)
+        both = _GatherPre.apply(pre, idx, x3, self.W_enc, self.b_enc, self.b_pre)
+        vals = both[..., : cfg.k].relu()  # (n_members, batch, k)
+        h_hat = _SparseDecode.apply(idx[..., : cfg.k], vals, self.W_dec) + self.b_dec.unsqueeze(1)
+        codes = torch.zeros_like(pre).scatter_(-1, idx[..., : cfg.k], vals.detach())  # for callers; no graph
+        zero = h_hat.new_zeros(cfg.n_members)
+        l1 = vals.sum(-1).mean(-1)
+        if h is None:
+            return TranscoderOutput(h_hat, codes, zero.sum(), zero, zero, l1, zero)
+        h = self._x3(h)
+        err, var, fvu = self._losses(h_hat, h)
+        aux = zero
+        if aux_on:
+            v_aux = torch.where(aux_ok, both[..., cfg.k :], torch.zeros_like(both[..., cfg.k :])).relu()
+            e_hat = _SparseDecode.apply(idx[..., cfg.k :], v_aux, self.W_dec)
+            has_dead = dead.any(-1).to(pre.dtype)  # members without dead latents get exactly zero
+            aux = has_dead * (e_hat - (h - h_hat.detach())).pow(2).sum(-1).mean(-1) / var
+        loss = (fvu + cfg.aux_coeff * aux).sum()  # summed over members, as in the dense path
+        return TranscoderOutput(h_hat, codes, loss, err / cfg.d_out, aux, l1, fvu)
+
     def _aux_loss(self, pre: torch.Tensor, residual: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         """Aux-k (Gao et al. 2024): the top dead latents, decoded without bias, predict the residual."""
         dead = (self.steps_since_fired >= self.cfg.dead_steps) & self.latent_mask  # (n_members, d_dict)
@@ -313,8 +441,7 @@ class TranscoderEnsemble(nn.Module):
         masked = pre.masked_fill(~dead.unsqueeze(1), -torch.inf)
         vals, idx = masked.topk(k, dim=-1, sorted=False)
         vals = torch.where(torch.isfinite(vals), vals, torch.zeros_like(vals)).relu()
-        z_aux = torch.zeros_like(pre).scatter_(-1, idx, vals)
-        e_hat = torch.bmm(z_aux, self.W_dec)
+        e_hat = torch.bmm(torch.zeros_like(pre).scatter_(-1, idx, vals), self.W_dec)
         has_dead = dead.any(-1).to(pre.dtype)  # members without dead latents get exactly zero
         return has_dead * (e_hat - residual).pow(2).sum(-1).mean(-1) / var
 
@@ -338,7 +465,7 @@ class TranscoderEnsemble(nn.Module):
         z = self.encode(x)
         got = torch.bmm(z, self.W_dec).pow(2).sum(-1).mean(-1)  # (n_members,)
         want = (h - self.b_dec.unsqueeze(1)).pow(2).sum(-1).mean(-1)
-        self.W_enc.mul_((want / got.clamp_min(1e-12)).sqrt()[:, None, None])
+        self.W_enc.mul_((want / got.clamp_min(1e-12)).sqrt()[:, None, None])  # codes are linear in W_enc
 
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
@@ -425,8 +552,11 @@ def _load_checkpoint(folder: Path, model: TranscoderEnsemble, opt: torch.optim.O
     return int(meta["step"]), list(meta["log"])
 
 
-def _subset_means(t: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([t[r.to(t.device)].mean(0) for r in rows])  # (n_members, width)
+def _subset_means(t: torch.Tensor, rows: list[torch.Tensor], bootstrap: bool) -> torch.Tensor:
+    """Column means over each member's rows  # (n_members, width); without bootstrap all share the same rows."""
+    if not bootstrap:
+        return t.mean(0).expand(len(rows), -1)
+    return torch.stack([t[r.to(t.device)].mean(0) for r in rows])
 
 
 def make_optimizer(model: TranscoderEnsemble) -> torch.optim.AdamW:
@@ -471,7 +601,7 @@ def train_ensemble(
                          f"{tuple(H.shape)}")
     model = TranscoderEnsemble(cfg).to(device)
     sampler = _MemberSampler(len(X), cfg)
-    model.init_biases(_subset_means(X, sampler.rows), _subset_means(H, sampler.rows))
+    model.init_biases(_subset_means(X, sampler.rows, cfg.bootstrap), _subset_means(H, sampler.rows, cfg.bootstrap))
     # 512 rows fix one scale factor per member well enough; more would cost (n_members, rows, d_dict) memory.
     init_rows = torch.stack([r[:512] for r in sampler.rows]).to(device)  # (n_members, <=512)
     model.init_encoder_scale(X[init_rows], H[init_rows])

@@ -82,6 +82,37 @@ def test_topk_exactly_k_nonzeros_on_fresh_model():
     assert ((z != 0).sum(-1) == 5).all()
 
 
+@pytest.mark.parametrize("dict_sizes", [None, [20, 32, 32]])
+def test_sparse_topk_matches_dense(dict_sizes):
+    """The gather/scatter TopK path gives the dense path's loss, outputs and every gradient, aux-k included."""
+    X, H = planted()
+    cfg = tiny(n_members=3, dict_sizes=dict_sizes)
+    sparse = TranscoderEnsemble(cfg).train()
+    dense = TranscoderEnsemble(TranscoderConfig.from_dict({**cfg.to_dict(), "sparse_topk": False})).train()
+    with torch.no_grad():
+        for p in sparse.parameters():
+            p.normal_()  # biases away from zero, so their gradients are tested too
+        sparse.steps_since_fired[:, ::3] = cfg.dead_steps  # a third of the latents dead: the aux-k loss is on
+    dense.load_state_dict(sparse.state_dict())
+    x, h = X[:48].view(3, 16, 12), H[:48].view(3, 16, 10)
+    outs = []
+    for model in (sparse, dense):
+        out = model(x, h)
+        out.loss.backward()
+        outs.append(out)
+    assert (outs[0].aux_loss > 0).all()
+    for name in ("h_hat", "codes", "loss", "fvu", "aux_loss", "l1"):
+        assert torch.allclose(getattr(outs[0], name), getattr(outs[1], name), atol=1e-5, rtol=1e-5), name
+    for (name, p), q in zip(sparse.named_parameters(), dense.parameters(), strict=True):
+        assert p.grad.abs().max() > 0, name
+        assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), name
+    # Training on: the same weights after a few steps either way.
+    a, _ = train_ensemble(cfg, X, H, progress=False)
+    b, _ = train_ensemble(TranscoderConfig.from_dict({**cfg.to_dict(), "sparse_topk": False}), X, H, progress=False)
+    for name, t in a.state_dict().items():
+        assert torch.allclose(t.float(), b.state_dict()[name].float(), atol=1e-4, rtol=1e-4), name
+
+
 @pytest.mark.parametrize("activation,bootstrap", [("topk", False), ("relu", True), ("jumprelu", False),
                                                   ("batchtopk", True)])
 def test_member_equals_single_transcoder(activation, bootstrap):
@@ -190,5 +221,5 @@ def test_notebooks_02_03_small(small_run):
     members = read_table(rd.transcoders / "metrics.parquet")
     assert len(members) == 4 and members.fvu.mean() == pytest.approx(m3["fvu_mean"], rel=1e-6)
     ens = TranscoderEnsemble.load(rd.transcoders)
-    assert ens.W_enc.shape == (4, clf.cfg.d_in, 256) and ens.W_dec.shape == (4, 256, 64)
+    assert ens.W_enc.shape == (4, 256, clf.cfg.d_in) and ens.W_dec.shape == (4, 256, 64)
     assert (rd.transcoders / "checkpoints" / "checkpoint.json").exists()
