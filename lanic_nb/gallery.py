@@ -279,11 +279,11 @@ def probabilities_html(data: GalleryData, image: int) -> str:
     p = data.probabilities[image]
     rows = "".join(
         f"<tr><td>{f}</td><td><div class='bar' style='width:{100 * v:.0f}px'></div></td><td>{v:.2f}</td>"
-        f"<td>{_label_text(data.labels[image, j])}</td></tr>" for j, (f, v) in enumerate(zip(FINDINGS, p, strict=True)))
+        f"<td>{label_text(data.labels[image, j])}</td></tr>" for j, (f, v) in enumerate(zip(FINDINGS, p, strict=True)))
     return f"<table class='probs'><tr><th>finding</th><th></th><th>p</th><th>report label</th></tr>{rows}</table>"
 
 
-def _label_text(v: float) -> str:
+def label_text(v: float) -> str:
     return {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}.get(float(v), "not mentioned")
 
 

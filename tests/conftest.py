@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +73,25 @@ def poisoned_ground_truth(run_dir: Path, active: bool = True):
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory) -> SmallRun:
     return SmallRun(tmp_path_factory.mktemp("small_run"))
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium; installed with apt-get when missing and running as root, else the test skips."""
+    exe = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if exe is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
+                    ["apt-get", "install", "-y", "-q", "chromium"]):
+            r = subprocess.run(cmd, env=env, capture_output=True, timeout=900)
+            if cmd[1] == "install" and r.returncode == 0:
+                break
+        exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("chromium is not installed and could not be installed (needs root and apt-get with "
+                    "access to Debian's archive): `apt-get install -y chromium`")
+    return exe

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import CHROMIUM_FLAGS
 from PIL import Image
 
 from lanic_nb.attribute import attribute
@@ -166,28 +165,6 @@ def test_export_html_content_and_patient_data_gate(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         export_html(tmp_path, tmp_path / "r.html", data=real, allow_patient_data=True, n_images=2)
     assert "PATIENT DATA" in caplog.text and "patient data" in (tmp_path / "r.html").read_text()
-
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"]
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's chromium; installed with apt-get when missing and running as root, else the test skips."""
-    exe = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if exe is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "chromium"]):
-            r = subprocess.run(cmd, env=env, capture_output=True, timeout=900)
-            if cmd[1] == "install" and r.returncode == 0:
-                break
-        exe = shutil.which("chromium")
-    if exe is None:
-        pytest.skip("chromium is not installed and could not be installed (needs root and apt-get with "
-                    "access to Debian's archive): `apt-get install -y chromium`")
-    return exe
 
 
 def test_gallery_renders_in_headless_chromium(tmp_path, chromium):

@@ -1,0 +1,171 @@
+"""Interactive HTML maps: one SVG point per pattern / image, the right tooltip on the right point, and
+positions that are the UMAP coordinates written to the coordinates table."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import CHROMIUM_FLAGS
+from matplotlib import colormaps
+from matplotlib.colors import to_hex
+
+from lanic_nb import maps
+from lanic_nb.io import read_table, write_table
+
+
+class _Points(HTMLParser):
+    """Every <circle>: its attributes, its inline CSS variables and the text of its <title>."""
+
+    def __init__(self):
+        super().__init__()
+        self.points: list[dict] = []
+        self._in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "circle":
+            a = dict(attrs)
+            style = dict(kv.split(":", 1) for kv in a.get("style", "").split(";") if kv)
+            self.points.append({"id": a["data-id"], "cx": float(a["cx"]), "cy": float(a["cy"]), "style": style,
+                                "title": ""})
+        elif tag == "title" and self.points:
+            self._in_title = True
+
+    def handle_endtag(self, tag):
+        self._in_title = self._in_title and tag != "title"
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.points[-1]["title"] += data
+
+
+def parse_points(path: Path) -> pd.DataFrame:
+    p = _Points()
+    p.feed(path.read_text(encoding="utf-8"))
+    p.close()
+    return pd.DataFrame(p.points)
+
+
+def assert_positions_are(points: pd.DataFrame, coords: pd.DataFrame, id_column: str) -> None:
+    """The SVG positions are one affine map (x right, y up) of the table's x, y, matched by id."""
+    m = points.reset_index(drop=True).merge(coords.astype({id_column: str}), left_on="id", right_on=id_column, validate="one_to_one")
+    assert len(m) == len(points)
+    for page, table, sign in (("cx", "x", 1), ("cy", "y", -1)):
+        a = np.stack([m[table].to_numpy(float), np.ones(len(m))], axis=1)
+        fit, *_ = np.linalg.lstsq(a, m[page].to_numpy(float), rcond=None)
+        assert np.sign(fit[0]) == sign
+        assert np.abs(a @ fit - m[page].to_numpy(float)).max() < 0.1  # positions are rounded to 0.1 units
+    inner = (maps.MAP_PAD - 0.05, maps.MAP_SIZE - maps.MAP_PAD + 0.05)
+    assert points[["cx", "cy"]].min().min() >= inner[0] and points[["cx", "cy"]].max().max() <= inner[1]
+
+
+def tiny_patterns(n: int = 7) -> tuple[np.ndarray, pd.DataFrame]:
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame({
+        "pattern_id": np.arange(n),
+        "consistency": np.linspace(0.2, 1.0, n),
+        "firing_freq": np.linspace(0.01, 0.07, n),
+        "concept_1": ["pacemaker", "enlarged heart", "", "pleural fluid", "chest tube", "rib", "kerley lines"][:n],
+        "concept_2": ["lead wire", "cardiomegaly", "", "", None, "", "edema"][:n],
+        "category": ["device", "cardiac", "", "pleural", "device", None, "pulmonary"][:n],
+        "category_confidence": np.linspace(0.5, 0.9, n),
+    })
+    return rng.normal(size=(n, 2)).astype(np.float32) * 3, table
+
+
+def test_pattern_map_has_one_point_per_pattern_with_its_tooltip_at_its_coordinates(tmp_path):
+    xy, table = tiny_patterns()
+    write_table(tmp_path / "pattern_coords.parquet", maps.coords_table(table["pattern_id"], xy, "pattern_id"))
+    page = maps.pattern_map_html(xy, table, tmp_path / "patterns.html")
+    pts = parse_points(page).set_index("id", drop=False)
+    assert list(pts["id"]) == [str(i) for i in range(7)]
+    assert pts.loc["1", "title"] == ("pattern 1: enlarged heart\ncategory: cardiac (confidence 0.57)\n"
+                                     "also: cardiomegaly\nconsistency: 0.33 of members\nfiring frequency: 2.0% of images")
+    assert pts.loc["2", "title"].startswith("pattern 2: no concept\ncategory: uncategorized")
+    # Colour views: category (view 0) and consistency on viridis (view 1), per point.
+    assert pts.loc["1", "style"]["--c0"] == maps.CATEGORY_COLORS["cardiac"]
+    assert pts.loc["5", "style"]["--c0"] == maps.CATEGORY_COLORS[""]
+    assert pts.loc["6", "style"]["--c1"] == to_hex(colormaps["viridis"](1.0))
+    assert_positions_are(pts, read_table(tmp_path / "pattern_coords.parquet"), "pattern_id")
+    text = page.read_text()
+    assert "<script src" not in text and "http://" not in text.replace("http://www.w3.org/2000/svg", "")
+    assert text.count("type='radio'") == 2
+
+
+def test_image_map_caps_points_and_keeps_each_tooltip_and_position_with_its_image(tmp_path):
+    rng = np.random.default_rng(2)
+    n = 9
+    xy = rng.normal(size=(n, 2))
+    ids = np.array([f"im{i}" for i in range(n)])
+    labels = pd.DataFrame({"Edema": [1, 0, np.nan, -1, 1, 0, 0, 1, np.nan],
+                           "Cardiomegaly": [0, 0, 1, 1, 0, 1, np.nan, 0, 0]})
+    write_table(tmp_path / "image_coords.parquet", maps.coords_table(ids, xy, "image_id"))
+    page = maps.image_map_html(xy, ids, labels, tmp_path / "images.html", max_points=5, seed=3)
+    pts = parse_points(page).set_index("id", drop=False)
+    kept = maps.subsample(n, 5, seed=3)
+    assert list(pts["id"]) == list(ids[kept]) and "5 of 9 points shown" in page.read_text()
+    for i in kept:
+        want = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
+        lines = [f"image im{i}"] + [f"{f}: {want.get(labels.loc[i, f], 'not mentioned')}" for f in labels.columns]
+        assert pts.loc[f"im{i}", "title"] == "\n".join(lines)
+        for v, f in enumerate(labels.columns):
+            color = {1.0: maps.LABEL_COLORS[1.0], 0.0: maps.LABEL_COLORS[0.0]}.get(labels.loc[i, f], maps.OTHER_COLOR)
+            assert pts.loc[f"im{i}", "style"][f"--c{v}"] == color
+    assert_positions_are(pts, read_table(tmp_path / "image_coords.parquet"), "image_id")
+
+
+def test_map_page_renders_in_headless_chromium_without_console_errors(tmp_path, chromium):  # noqa: F811
+    xy, table = tiny_patterns()
+    page = maps.pattern_map_html(xy, table, tmp_path / "patterns.html")
+    r = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+                        "--v=0", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "CONSOLE" not in r.stderr, r.stderr[-2000:]
+    check = re.search(r'<div id="render-check"([^>]*)>', r.stdout)
+    assert check, r.stdout[-2000:]
+    attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', check.group(1)))
+    assert attrs["points"] == "7" and attrs["titles"] == "7"
+    # The first point (a device pattern) takes its colour from the checked view through its CSS variable.
+    assert attrs["first-fill"] == "rgb({}, {}, {})".format(*(int(maps.CATEGORY_COLORS["device"][k:k + 2], 16)
+                                                              for k in (1, 3, 5)))
+
+
+@pytest.mark.notebook
+def test_notebook_05_writes_html_maps_wired_to_the_coordinate_tables(small_run):
+    from lanic_nb.manifest import FINDINGS
+    from lanic_nb.notebook import load_metrics
+    from lanic_nb.rundir import RunDir
+
+    run = small_run.until("05")
+    out = RunDir(run).patterns / "maps"
+    m = load_metrics(run, "05_maps")
+    table = read_table(RunDir(run).patterns / "patterns.parquet").set_index("pattern_id")
+
+    pat_coords = read_table(out / "pattern_coords.parquet")
+    pts = parse_points(out / "patterns.html").set_index("id", drop=False)
+    assert len(pat_coords) == len(pts) == m["n_patterns_mapped"] == len(table)
+    assert_positions_are(pts, pat_coords, "pattern_id")
+    for p in (0, len(table) - 1):
+        row = table.loc[p]
+        title = pts.loc[str(p), "title"]
+        concept = row["concept_1"] if isinstance(row["concept_1"], str) and row["concept_1"] else "no concept"
+        assert title.startswith(f"pattern {p}: {concept}\ncategory: {row['category'] or 'uncategorized'}")
+        assert f"consistency: {row['consistency']:.2f} of members" in title
+        assert f"firing frequency: {row['firing_freq']:.1%} of images" in title
+
+    img_coords = read_table(out / "image_coords.parquet")
+    pts = parse_points(out / "images.html").set_index("id", drop=False)
+    assert len(img_coords) == len(pts) == m["n_images_mapped"]
+    assert_positions_are(pts, img_coords, "image_id")
+    manifest = read_table(RunDir(run).manifest).astype({"image_id": str}).set_index("image_id")
+    for image_id in pts.index[:3]:
+        title = pts.loc[image_id, "title"].splitlines()
+        assert title[0] == f"image {image_id}"
+        positives = {f for f in FINDINGS if manifest.loc[image_id, f] == 1}
+        assert {line.split(": ")[0] for line in title[1:] if line.endswith(": positive")} == positives
