@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -31,33 +32,43 @@ CATEGORIES: tuple[str, ...] = ("cardiac", "pulmonary", "pleural", "structural", 
 VOCABULARY_CSV = Path(__file__).resolve().parent.parent / "data" / "concepts.csv"
 TEMPLATE = "A chest x-ray image of a {}"
 
-# Words that end or split a noun phrase in report prose (negations, verbs, hedges, function words).
-_BREAK = set(
-    """a an the no not without with and or but of in on at to for from by as is are was were be been being has have
-    had there this that these those it its which who than then also again seen noted identified present
-    demonstrated visualized shown appear appears appearing unchanged stable since compared comparison prior
-    previous may might could can cannot exclude excluded possible possibly likely probable suggest suggests
-    suggesting consistent represent represents concerning evidence otherwise within limits remain remains
-    remained interval change changes improved worsened increased decreased persistent persists given
-    versus vs per both either each other some any few several xxxx terminates terminate terminating projects
-    project overlies overlie extends extend courses measures measuring shows show demonstrates including
-    include includes""".split()
+# Words that end or split a noun phrase: English function words (scikit-learn's stop list: prepositions,
+# pronouns, determiners, "over", "further", "due"...), plus report verbs, hedges and section labels.
+_BREAK = set(ENGLISH_STOP_WORDS) | set(
+    """vs versus xxxx seen noted identified present demonstrated visualized shown appear appears appearing
+    unchanged stable compared comparison prior previous possible possibly likely probable suggest suggests
+    suggesting consistent represent represents representing concerning evidence limits remain remains remained
+    interval change changes improved worsened increased decreased persistent persists given terminates terminate
+    terminating projects project projecting overlies overlie extends extend courses measures measuring shows
+    demonstrate demonstrates demonstrating including include includes reveal reveals revealed recommend
+    recommended consider considered correlate correlation correlative reflect reflects reflecting consists consist
+    followup follow-up question questionable history status post known result results unless exclude excluded
+    examination findings impression indication technique near somewhat""".split()
 )
-# Qualifiers stripped from the front of a phrase: "small left pleural effusion" -> "pleural effusion".
+# Qualifiers stripped from the front of a phrase: "small left pleural effusion" -> "pleural effusion"; a phrase
+# with one anywhere inside ("calcified right hilar node") is a located variant, not a concept of its own.
 _QUALIFIERS = set(
     """normal abnormal clear mild mildly moderate moderately severe small large tiny minimal minor trace left
     right bilateral bilaterally unilateral upper lower middle new old acute chronic focal diffuse patchy
     slight slightly borderline top significant definite obvious apparent residual subtle marked markedly
     well grossly overall partially partial likely""".split()
 )
-# Words that are never the head of a concept phrase on their own (report boilerplate and adjectives).
+# Words that are never a concept phrase on their own (report boilerplate, positions, "in place").
 _NOT_HEAD = set(
     """size disease abnormality abnormalities findings finding process patient view views exam examination
     area areas space spaces tip unremarkable intact active visible suspicious prominent frontal lateral
     radiographic appearance evaluation study image images film films region regions portion aspect level
-    configuration contour contours limits position""".split()
+    configuration contour contours limits position place impression radiograph age zone""".split()
 )
-_ADJ_SUFFIX = ("al", "ic", "ous", "ary", "ive", "ble", "ar")
+# Heads of phrases that name the examination itself.
+_EXAM = set("radiograph radiographs film films view views study exam examination image images x-ray".split())
+# Adjectives the suffix rule of ``_is_head`` misses: they modify a head, they never are one.
+_ADJECTIVES = set(
+    """hilar lobar bony soft low free mid dense sharp vague overt streaky hazy cloudy fluffy multiple
+    posterior anterior superior inferior median subclavian retrocardiac basilar bibasilar apical cardio
+    negative positive various greater helpful multilevel age-indeterminate""".split()
+)
+_ADJ_SUFFIX = ("al", "ic", "ac", "ous", "ary", "ive", "ble", "ar", "ior", "ian")
 _TOKEN = re.compile(r"[a-z][a-z\-]*")
 
 
@@ -154,12 +165,25 @@ def _singular(name: str) -> str:
                     else w for w in words)
 
 
+def _contained_owner(key: str, owner: dict[str, int]) -> int | None:
+    """The known concept a qualified variant names: the longest known name ending the phrase ("mid lung
+    consolidation" -> consolidation), else the longest inside it ("cardiac pacemaker device" -> pacemaker)."""
+    words = key.split()
+    spans = [(e == len(words), e - s, " ".join(words[s:e]))  # (ends the phrase, length, sub-phrase)
+             for s in range(len(words)) for e in range(s + 1, len(words) + 1) if e - s < len(words)]
+    for _, _, sub in sorted(spans, reverse=True):
+        if owner.get(sub, -1) >= 0:
+            return owner[sub]
+    return None
+
+
 def extend_vocabulary(vocab: pd.DataFrame, phrases: pd.DataFrame, max_new: int = 200) -> pd.DataFrame:
     """Add mined phrases (most frequent first) as new concepts, unless they name a known one.
 
-    A phrase that is a known concept or synonym up to plurals, or that ``match_concept`` maps to a known concept
-    ("lung consolidation" -> consolidation), becomes a synonym of that concept instead of a rival
-    concept with the same meaning (which would split the concept's score and make a right name count as wrong).
+    A phrase that is a known concept or synonym up to plurals, that ``match_concept`` maps to a known concept
+    ("lung consolidation" -> consolidation), or that holds a known name ("apical pneumothorax"), becomes a
+    synonym of that concept instead of a rival concept with the same meaning (which would split the concept's
+    score and make a right name count as wrong).
     """
     syns = [list(s) for s in vocab["synonyms"]]
     owner: dict[str, int] = {}
@@ -171,8 +195,9 @@ def extend_vocabulary(vocab: pd.DataFrame, phrases: pd.DataFrame, max_new: int =
     for phrase in phrases.sort_values("count", ascending=False)["phrase"]:
         key = _singular(phrase)
         i = owner.get(key)
-        if i is None and key not in owner:
-            i = index_of.get(match_concept(key, vocab))
+        if i is None and key not in owner and " " in key:  # a lone word ("leads") is too vague to match fuzzily
+            i = index_of.get(match_concept(phrase, vocab))
+            i = _contained_owner(key, owner) if i is None else i
         if i is not None and i >= 0:
             if phrase != vocab["concept"].iloc[i] and phrase not in syns[i]:
                 syns[i].append(phrase)
@@ -199,7 +224,7 @@ def _chunks(sentence: str) -> Iterable[list[str]]:
     for piece in re.split(r"[,:()/\"]", sentence.lower()):
         run: list[str] = []
         for tok in _TOKEN.findall(piece):
-            if tok in _BREAK or len(tok) < 3:
+            if tok in _BREAK or len(tok) < 3 or "xxxx" in tok:  # "XXXX" is the IU reports' redaction
                 if run:
                     yield run
                 run = []
@@ -209,19 +234,38 @@ def _chunks(sentence: str) -> Iterable[list[str]]:
             yield run
 
 
+def _is_qualifier(word: str) -> bool:
+    return word in _QUALIFIERS or word.startswith(("left-", "right-"))  # "left-sided", "right-sided"
+
+
 def _is_head(word: str) -> bool:
     # A noun-phrase head is rarely a qualifier, an -ly adverb, an -ed/-ing participle ("enlarged", "seen") or
-    # a long word with an adjective suffix ("pleural", "cardiac", "osseous"; "scar" is short and survives).
-    if word in _QUALIFIERS or word.endswith(("ly", "ed", "ing")):
+    # an adjective ("hilar", or a long word with an adjective suffix: "pleural", "cardiac", "osseous"; "scar"
+    # is short and survives).
+    if _is_qualifier(word) or word in _ADJECTIVES or word.endswith(("ly", "ed", "ing")):
         return False
     return not (len(word) > 5 and word.endswith(_ADJ_SUFFIX))
 
 
-def mine_noun_phrases(reports: Iterable[str], min_count: int = 5, max_words: int = 3) -> pd.DataFrame:
+def _singular_word(word: str) -> str:
+    # "opacities" -> "opacity", "pneumothoraces" -> "pneumothorax", "masses" -> "mass", "effusions" -> "effusion"
+    for suffix, repl in (("ies", "y"), ("aces", "ax"), ("sses", "ss"), ("s", "")):
+        if word.endswith(suffix) and not word.endswith(("ss", "us", "is")):
+            return word[: -len(suffix)] + repl
+    return word
+
+
+def mine_noun_phrases(
+    reports: Iterable[str], min_count: int = 5, max_words: int = 3, fragment_share: float = 0.9
+) -> pd.DataFrame:
     """Frequent noun phrases of report text: (phrase, count), most frequent first.
 
-    POS-free heuristic: split sentences at negations, verbs and function words; inside each run, every
-    n-gram (n <= max_words) that ends on a head-like word and starts after the qualifiers is a candidate.
+    POS-free heuristic: split sentences at function words (scikit-learn's English stop list), negations,
+    verbs and hedges; inside each run of content words, every n-gram (n <= max_words) that ends on a noun-like
+    head, holds no qualifier and starts on neither a qualifier nor an -ing participle is a candidate. Plurals
+    are folded into the singular when it occurs too. A phrase seen inside one longer candidate in at least
+    ``fragment_share`` of its reports is a fragment of it ("vena cava" of "superior vena cava") and is dropped,
+    and so is a phrase that names the examination ("chest radiograph", "lateral view"), not what it shows.
     """
     counts: Counter[str] = Counter()
     for report in reports:
@@ -231,20 +275,29 @@ def mine_noun_phrases(reports: Iterable[str], min_count: int = 5, max_words: int
                 for end in range(len(run)):
                     if not _is_head(run[end]):
                         continue
-                    for start in range(max(0, end - max_words + 1), end + 1):
-                        if run[start] in _QUALIFIERS:
-                            continue
+                    for start in range(end, max(0, end - max_words + 1) - 1, -1):
+                        if _is_qualifier(run[start]):
+                            break  # longer n-grams would hold the qualifier too
+                        if run[start].endswith("ing"):
+                            continue  # "overlying ecg leads" -> "ecg leads"
                         seen.add(" ".join(run[start : end + 1]))
         counts.update(seen)
-    for phrase in list(counts):  # fold plurals: "effusions" counts as "effusion", "opacities" as "opacity"
-        for suffix, repl in (("ies", "y"), ("s", "")):
-            single = phrase[: -len(suffix)] + repl
-            if phrase.endswith(suffix) and single in counts and single != phrase:
-                counts[single] += counts.pop(phrase)
-                break
-    for word in _NOT_HEAD:
-        counts.pop(word, None)
-    rows = [(p, c) for p, c in counts.items() if c >= min_count]
+    for phrase in list(counts):  # fold plurals into a singular that occurs too: "effusions" counts as "effusion"
+        *mods, head = phrase.split()
+        single = " ".join([*mods, _singular_word(head)])
+        if single != phrase and single in counts:
+            counts[single] += counts.pop(phrase)
+    inside: Counter[str] = Counter()  # the count of the most frequent longer phrase holding each phrase
+    for phrase, c in counts.items():
+        words = phrase.split()
+        for n in range(1, len(words)):
+            for s in range(len(words) - n + 1):
+                sub = " ".join(words[s : s + n])
+                inside[sub] = max(inside[sub], c)
+    rows = [
+        (p, c) for p, c in counts.items()
+        if c >= min_count and inside[p] < fragment_share * c and p not in _NOT_HEAD and p.split()[-1] not in _EXAM
+    ]
     df = pd.DataFrame(rows, columns=["phrase", "count"])
     return df.sort_values(["count", "phrase"], ascending=[False, True]).reset_index(drop=True)
 

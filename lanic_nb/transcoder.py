@@ -53,6 +53,8 @@ from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
 log = logging.getLogger(__name__)
 
 ACTIVATIONS = ("topk", "batchtopk", "relu", "jumprelu")
+W_ENC_LAYOUT = "n_members,d_dict,d_in"
+"""Written beside saved weights; files without it hold W_enc as (n_members, d_in, d_dict) and load transposed."""
 
 
 @dataclass
@@ -475,14 +477,18 @@ class TranscoderEnsemble(nn.Module):
         """``folder/ensemble.safetensors`` (parameters and buffers) + ``folder/config.json``."""
         folder = Path(folder)
         write_tensors(folder / "ensemble.safetensors", self.state_dict())
-        write_json(folder / "config.json", self.cfg.to_dict())
+        write_json(folder / "config.json", {**self.cfg.to_dict(), "w_enc_layout": W_ENC_LAYOUT})
         return folder
 
     @classmethod
     def load(cls, folder: str | Path, device="cpu") -> TranscoderEnsemble:
         folder = Path(folder)
-        model = cls(TranscoderConfig.from_dict(read_json(folder / "config.json")))
-        model.load_state_dict(read_tensors(folder / "ensemble.safetensors"))
+        meta = read_json(folder / "config.json")
+        model = cls(TranscoderConfig.from_dict(meta))
+        state = read_tensors(folder / "ensemble.safetensors")
+        if meta.get("w_enc_layout") != W_ENC_LAYOUT:  # saved before W_enc became latent-major
+            state["W_enc"] = state["W_enc"].transpose(1, 2).contiguous()
+        model.load_state_dict(state)
         return model.to(device).eval()
 
 

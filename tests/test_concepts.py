@@ -78,6 +78,49 @@ def test_miner_on_real_indiana_reports():
     assert infer_category("thoracic aorta", load_vocabulary()) == "cardiac"
 
 
+def test_miner_never_returns_function_words_or_adjectives_on_indiana_reports():
+    """Regression: the miner emitted "over", "further", "due", "most", "cardiac", "hilar", "free", "low" as phrases."""
+    pytest.importorskip("torchxrayvision")
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    mined = mine_noun_phrases(read_iu_reports(), min_count=5)
+    assert len(mined) > 300
+    phrases = list(mined["phrase"])
+    with_stopword = [p for p in phrases if set(p.split()) & ENGLISH_STOP_WORDS]
+    assert not with_stopword, with_stopword[:10]
+    for junk in ("place", "over", "further", "near", "cardiac", "hilar", "bony", "soft", "free", "low", "mid",
+                 "posterior", "somewhat", "x-xxxx", "chest x-xxxx", "recommend", "followup"):
+        assert junk not in phrases, junk
+    heads = {p.split()[-1] for p in phrases}
+    assert not heads & {"pleural", "pulmonary", "cardiac", "hilar", "mediastinal", "lateral", "enlarged", "seen"}
+    for phrase in ("pleural effusion", "pneumothorax", "heart size", "cardiomediastinal silhouette", "granuloma"):
+        assert phrase in phrases, phrase
+
+
+def test_miner_drops_fragments_boilerplate_and_located_variants():
+    reports = [
+        "EXAMINATION: PA chest radiograph. FINDINGS: Right subclavian line with tip in the superior vena cava.",
+        "EXAMINATION: PA chest radiograph. FINDINGS: Tip of the catheter in the superior vena cava. Tube in place.",
+        "EXAMINATION: PA chest radiograph. FINDINGS: Overlying ECG leads. Calcified right hilar node.",
+        "EXAMINATION: Portable AP chest radiograph. FINDINGS: Overlying ECG leads. Tube in place.",
+    ]
+    found = set(mine_noun_phrases(reports, min_count=2)["phrase"])
+    assert "superior vena cava" in found and "ecg leads" in found
+    for junk in ("vena cava", "cava", "vena", "chest radiograph", "place", "overlying ecg leads", "tip", "hilar node"):
+        assert junk not in found, junk
+
+
+def test_qualified_variants_of_known_concepts_become_synonyms():
+    vocab = load_vocabulary()
+    mined = pd.DataFrame({"phrase": ["mid lung consolidation", "cardiac pacemaker device", "median sternotomy wires",
+                                     "superior vena cava"], "count": [40, 30, 20, 10]})
+    out = extend_vocabulary(vocab, mined, max_new=10)
+    assert list(out.loc[out["mined"], "concept"]) == ["superior vena cava"]
+    syn = dict(zip(out["concept"], out["synonyms"], strict=True))
+    assert "mid lung consolidation" in syn["consolidation"] and "cardiac pacemaker device" in syn["pacemaker"]
+    assert "median sternotomy wires" in syn["sternotomy wires"]
+
+
 def test_representative_images_adaptive_count():
     cfg = AnnotationConfig(top_fraction=0.93, min_images=2, max_images=5)
     act = np.array([0.0, 10.0, 9.5, 1.0, 9.4, 0.0, 9.2])

@@ -13,10 +13,12 @@ from lanic_nb.patterns import (
     MergeConfig,
     PatternSet,
     latent_alive,
+    latent_codes,
     logit_effects,
     merge_latents,
     pattern_activations,
     pattern_stats,
+    plant_codes,
     plant_decoders,
 )
 from lanic_nb.transcoder import TranscoderConfig, TranscoderEnsemble
@@ -100,6 +102,51 @@ def test_config_errors_name_the_parameter():
         MergeConfig(min_consistency=-0.1)
     with pytest.raises(ValueError, match="n_neighbors"):
         MergeConfig(n_neighbors=0)
+    with pytest.raises(ValueError, match="act_threshold"):
+        MergeConfig(act_threshold=-0.2)
+
+
+def test_same_direction_with_disjoint_activations_is_not_merged_when_codes_are_used():
+    """Four members write direction a; members 0-1 fire on rows 0-9, members 2-3 on rows 10-19. By direction
+    alone that is one pattern of 4; with the activation test it is two patterns of 2."""
+    q = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(7))).Q.T
+    W = q[1:13].reshape(4, 3, 16).clone()  # fillers: orthogonal, never merged
+    W[:, 0] = q[0]
+    codes = torch.zeros(4, 20, 3)  # (n_members, n_rows, d_dict)
+    codes[:2, :10, 0] = torch.rand(2, 10) + 0.5
+    codes[2:, 10:, 0] = torch.rand(2, 10) + 0.5
+    codes[:, :, 1:] = torch.rand(4, 20, 2)  # fillers fire everywhere (they co-fire, but never share a direction)
+    cfg = MergeConfig(sim_threshold=0.9, min_consistency=0.5, act_threshold=0.5)
+    by_direction = merge_latents(W, MergeConfig(sim_threshold=0.9, min_consistency=0.5, act_threshold=0.0), codes=codes)
+    assert by_direction.n_patterns == 1 and (by_direction.latent_pattern[:, 0] == 0).all()
+    assert torch.equal(merge_latents(W, cfg).latent_pattern, by_direction.latent_pattern)  # no codes: directions only
+    ps = merge_latents(W, cfg, codes=codes)
+    p = ps.latent_pattern[:, 0]
+    assert ps.n_patterns == 2 and p[0] == p[1] and p[2] == p[3] and p[0] != p[2] and (p >= 0).all()
+    assert torch.allclose(ps.consistency, torch.full((2,), 0.5))
+    # Given as a sparse (n_members * d_dict, n_rows) matrix, the codes mean the same.
+    import scipy.sparse as sp
+
+    flat = sp.csr_matrix(codes.permute(0, 2, 1).reshape(12, 20).numpy())
+    assert torch.equal(merge_latents(W, cfg, codes=flat).latent_pattern, ps.latent_pattern)
+
+
+def test_merge_with_planted_codes_is_pure_and_complete():
+    W, truth = plant_decoders(n_members=8, d_dict=64, d_out=32, n_true=30, share=0.8, noise=0.2, seed=8)
+    codes = plant_codes(truth, n_rows=400, fire=0.05, seed=8)
+    ps = merge_latents(W, MergeConfig(sim_threshold=0.5, act_threshold=0.5, min_consistency=0.4), codes=codes)
+    _pure_and_complete(ps, truth)
+    assert ps.n_patterns == len(torch.unique(truth[truth >= 0]))
+
+
+def test_latent_codes_are_the_ensemble_codes_on_a_sample():
+    ens = _tiny_ensemble()
+    x = torch.randn(30, 8)
+    codes = latent_codes(ens, x, n_rows=10, seed=1)
+    assert codes.shape == (3 * 12, 10)
+    pick = torch.randperm(30, generator=torch.Generator().manual_seed(1))[:10].sort().values
+    z = ens.encode(x[pick])  # (n_members, 10, d_dict)
+    assert np.allclose(codes.toarray(), z.detach().permute(0, 2, 1).reshape(36, 10).numpy(), atol=1e-6)
 
 
 def _tiny_ensemble(n_members=3, d_dict=12):

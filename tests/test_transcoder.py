@@ -68,6 +68,21 @@ def test_contract(activation, tmp_path):
     assert torch.equal(loaded(X[:n]).h_hat, model(X[:n]).h_hat)
 
 
+def test_load_reads_weights_saved_in_the_old_encoder_layout(tmp_path):
+    """Ensembles saved before W_enc became (n_members, d_dict, d_in) still load, with the same outputs."""
+    from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
+
+    model = TranscoderEnsemble(tiny(n_members=2, d_in=12, d_dict=32)).eval()
+    folder = model.save(tmp_path / "ens")
+    state, meta = read_tensors(folder / "ensemble.safetensors"), read_json(folder / "config.json")
+    state["W_enc"] = state["W_enc"].transpose(1, 2).contiguous()  # (n_members, d_in, d_dict), as saved before
+    meta.pop("w_enc_layout")
+    write_tensors(folder / "ensemble.safetensors", state)
+    write_json(folder / "config.json", meta)
+    x = torch.randn(5, 12)
+    assert torch.equal(TranscoderEnsemble.load(folder)(x).h_hat, model(x).h_hat)
+
+
 def test_training_reduces_fvu():
     X, H = planted(n=512)
     cfg = tiny(steps=300, n_members=2, d_dict=48, k=6)
