@@ -2,8 +2,9 @@
 
 Timed twice: by decoder direction alone, and with the activation test on (codes on 2,048 sample inputs,
 planted so that copies of a direction co-fire), as the demo runs it. The baseline is the cost of
-comparing every latent with ONE member's dictionary (409,600 x 4,096 x 256), the smallest dense step any all-pairs merge would repeat ~100 times. Wall time depends on what else runs
-on the machine, so the merge's CPU time is printed beside it.
+comparing every latent with ONE member's dictionary (409,600 x 4,096 x 256), the smallest dense step
+any all-pairs merge would repeat ~100 times. Wall time depends on what else runs on the machine, so
+the merge's CPU time is printed beside it.
 """
 
 import time
