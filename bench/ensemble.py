@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--d-in", type=int, default=128)
     ap.add_argument("--d-dict", type=int, default=256)
     ap.add_argument("--k", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=20, help="steps for (b)")
+    ap.add_argument("--steps", type=int, default=600, help="steps for (b): the demo trains 600")
     ap.add_argument("--mimic-batch", type=int, default=256)
     ap.add_argument("--mimic-members", type=int, default=25, help="members timed at MIMIC shapes (scaled to 100)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -210,6 +210,26 @@ def _flat_latents(idx: torch.Tensor, d_dict: int) -> torch.Tensor:
     return (idx + d_dict * torch.arange(n, device=idx.device).view(n, 1, 1)).reshape(n * b, k)
 
 
+def _dead_topk(pre: torch.Tensor, dead: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the k dead latents with the largest pre-activations: (indices, valid), each (n, batch, k').
+
+    Only dead columns are searched: they are gathered first (padded to the member with most), so the top-k runs
+    over a few columns, and is skipped when every dead latent fits. ``valid`` is False on padding (members with
+    fewer dead latents than k'), whose values must count as zero.
+    """
+    n, b, _ = pre.shape
+    n_dead = dead.sum(-1)  # (n_members,)
+    m = int(n_dead.max())
+    cols = dead.to(torch.uint8).argsort(dim=-1, descending=True, stable=True)[:, :m]  # dead latents first
+    ok = (torch.arange(m, device=pre.device) < n_dead.unsqueeze(1)).unsqueeze(1).expand(n, b, m)
+    cols = cols.unsqueeze(1).expand(n, b, m)
+    if m <= k:
+        return cols, ok
+    cand = pre.gather(-1, cols).masked_fill(~ok, -torch.inf)  # (n_members, batch, m)
+    top = cand.topk(k, dim=-1, sorted=False).indices
+    return cols.gather(-1, top), ok.gather(-1, top)
+
+
 class _SparseDecode(torch.autograd.Function):
     """h = sum_j vals[..., j] * W_dec[member, idx[..., j]] without a dense (n_members, batch, d_dict) product.
 
@@ -409,11 +429,7 @@ class TranscoderEnsemble(nn.Module):
             dead = (self.steps_since_fired >= cfg.dead_steps) & self.latent_mask  # (n_members, d_dict)
             aux_on = aux_on and bool(dead.any())
             if aux_on:
-                k_aux = min(cfg.aux_k, cfg.d_dict)
-                masked = pre.masked_fill(~dead.unsqueeze(1), -torch.inf)
-                idx_aux = masked.topk(k_aux, dim=-1, sorted=False).indices  # (n_members, batch, aux_k)
-                # rows with fewer than aux_k dead latents also pick live ones: they count as zero
-                aux_ok = torch.isfinite(masked.gather(-1, idx_aux))
+                idx_aux, aux_ok = _dead_topk(pre, dead, cfg.aux_k)
                 idx = torch.cat([idx, idx_aux], dim=-1)
         both = _GatherPre.apply(pre, idx, x3, self.W_enc, self.b_enc, self.b_pre)
         vals = both[..., : cfg.k].relu()  # (n_members, batch, k)

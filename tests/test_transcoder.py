@@ -97,11 +97,12 @@ def test_topk_exactly_k_nonzeros_on_fresh_model():
     assert ((z != 0).sum(-1) == 5).all()
 
 
-@pytest.mark.parametrize("dict_sizes", [None, [20, 32, 32]])
-def test_sparse_topk_matches_dense(dict_sizes):
-    """The gather/scatter TopK path gives the dense path's loss, outputs and every gradient, aux-k included."""
+@pytest.mark.parametrize("dict_sizes,aux_k", [(None, 8), ([20, 32, 32], 8), ([20, 32, 32], 16)])
+def test_sparse_topk_matches_dense(dict_sizes, aux_k):
+    """The gather/scatter TopK path gives the dense path's loss, outputs and every gradient, aux-k included
+    (aux_k 8: fewer than the 7-11 dead latents per member, so a top-k among them; 16: all of them)."""
     X, H = planted()
-    cfg = tiny(n_members=3, dict_sizes=dict_sizes)
+    cfg = tiny(n_members=3, dict_sizes=dict_sizes, aux_k=aux_k)
     sparse = TranscoderEnsemble(cfg).train()
     dense = TranscoderEnsemble(TranscoderConfig.from_dict({**cfg.to_dict(), "sparse_topk": False})).train()
     with torch.no_grad():
