@@ -12,7 +12,7 @@ import pytest
 import torch
 from embed_helpers import REPORTS, tiny_config, tiny_encoder
 
-from lanic_nb.clip_small import SmallClipConfig
+from lanic_nb.clip_small import SmallClipConfig, train_small_clip
 from lanic_nb.encoders import BIOMEDCLIP, EncoderUnavailable, load_encoder, preprocess_gray
 
 
@@ -105,6 +105,18 @@ def test_training_changes_weights_and_is_seeded(tmp_path):
     assert not torch.allclose(a.encode_images(x), c.encode_images(x))
 
 
+@pytest.mark.parametrize(("arch", "tower"), [("vit", "VisionTransformer"), ("resnet", "ModifiedResNet")])
+def test_both_image_towers_train_save_and_reload(tmp_path, arch, tower):
+    images = torch.rand(8, 32, 32, generator=torch.Generator().manual_seed(0))
+    reports = [REPORTS[i % 3] for i in range(8)]
+    enc, losses = train_small_clip(tmp_path / arch, images, reports, tiny_config(steps=2, vision_arch=arch),
+                                   torch.device("cpu"))
+    again = load_encoder(tmp_path / arch)
+    assert type(enc.model.visual).__name__ == type(again.model.visual).__name__ == tower and len(losses) == 2
+    x = torch.stack([enc.preprocess_array(torch.rand(32, 32)) for _ in range(2)])
+    assert torch.equal(again.encode_images(x), enc.encode_images(x))
+
+
 def test_preprocess_gray_matches_open_clip_transform(tmp_path):
     enc = tiny_encoder(tmp_path / "clip")
     import numpy as np
@@ -120,7 +132,8 @@ def test_preprocess_gray_matches_open_clip_transform(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [dict(image_size=30), dict(text_heads=3), dict(batch_size=1), dict(lr=0),
-                                 dict(steps=-1), dict(vision_width=40)])
+                                 dict(steps=-1), dict(vision_width=40), dict(vision_arch="cnn"),
+                                 dict(image_size=48, vision_arch="resnet")])
 def test_config_validation_names_the_parameter(bad):
     key = next(iter(bad))
     with pytest.raises(ValueError, match=key if key != "text_heads" else "text_heads"):
