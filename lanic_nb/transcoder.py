@@ -210,6 +210,12 @@ def _flat_latents(idx: torch.Tensor, d_dict: int) -> torch.Tensor:
     return (idx + d_dict * torch.arange(n, device=idx.device).view(n, 1, 1)).reshape(n * b, k)
 
 
+def _aux_error(e_hat: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """Aux-k loss per member: the dead latents' prediction of the residual, relative to h's variance; members
+    without dead latents get exactly zero  # (n_members,)."""
+    return dead.any(-1).to(e_hat.dtype) * (e_hat - residual).pow(2).sum(-1).mean(-1) / var
+
+
 def _dead_topk(pre: torch.Tensor, dead: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the k dead latents with the largest pre-activations: (indices, valid), each (n, batch, k').
 
@@ -445,8 +451,7 @@ class TranscoderEnsemble(nn.Module):
         if aux_on:
             v_aux = torch.where(aux_ok, both[..., cfg.k :], torch.zeros_like(both[..., cfg.k :])).relu()
             e_hat = _SparseDecode.apply(idx[..., cfg.k :], v_aux, self.W_dec)
-            has_dead = dead.any(-1).to(pre.dtype)  # members without dead latents get exactly zero
-            aux = has_dead * (e_hat - (h - h_hat.detach())).pow(2).sum(-1).mean(-1) / var
+            aux = _aux_error(e_hat, h - h_hat.detach(), dead, var)
         loss = (fvu + cfg.aux_coeff * aux).sum()  # summed over members, as in the dense path
         return TranscoderOutput(h_hat, codes, loss, err / cfg.d_out, aux, l1, fvu)
 
@@ -460,8 +465,7 @@ class TranscoderEnsemble(nn.Module):
         vals, idx = masked.topk(k, dim=-1, sorted=False)
         vals = torch.where(torch.isfinite(vals), vals, torch.zeros_like(vals)).relu()
         e_hat = torch.bmm(torch.zeros_like(pre).scatter_(-1, idx, vals), self.W_dec)
-        has_dead = dead.any(-1).to(pre.dtype)  # members without dead latents get exactly zero
-        return has_dead * (e_hat - residual).pow(2).sum(-1).mean(-1) / var
+        return _aux_error(e_hat, residual, dead, var)
 
     # ------------------------------------------------------------ housekeeping
 
