@@ -62,7 +62,7 @@ CLIP_MEAN, CLIP_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # gray radiographs: o
 
 @dataclass
 class SmallClipConfig:
-    """Architecture and training of the small CLIP (defaults: the demo, about 2.5 minutes on 2 idle cores)."""
+    """Architecture and training of the small CLIP (defaults: the demo, about 4.5 minutes on 2 idle cores)."""
 
     vision_arch: str = "vit"
     """Image tower: "vit" (BiomedCLIP's kind) or "resnet" (open_clip's ModifiedResNet, as in CLIP RN50).
@@ -89,7 +89,7 @@ class SmallClipConfig:
     """Token budget per text (longer reports are truncated)."""
     vocab_size: int = 1000
     """Most WordPiece tokens learned from the reports (characters are always kept)."""
-    steps: int = 2000
+    steps: int = 4000
     """Optimizer steps (0: save the initialised model, for tests)."""
     batch_size: int = 64
     """Image-report pairs per step (the contrastive negatives)."""
