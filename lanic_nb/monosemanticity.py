@@ -27,6 +27,7 @@ from lanic_nb.patterns import rows_per_batch
 from lanic_nb.rundir import RunDir
 
 EVALUATION_CSV = "evaluation.csv"
+RECOVERY_CSV = "recovery_by_concept.csv"
 SUMMARY_KEYS = ("n_units", "n_concepts", "recovery", "n_monosemantic", "category_accuracy", "concept_accuracy",
                 "category_accuracy_best", "concept_accuracy_best", "category_agreement", "mean_best_auroc")
 
@@ -148,6 +149,79 @@ def evaluate_unit_sets(
     table = pd.DataFrame(rows)
     write_table(RunDir(Path(run_dir)).patterns / EVALUATION_CSV, table)
     return table, per_unit
+
+
+def probe_aurocs(features: np.ndarray, presence: np.ndarray, train: np.ndarray, test: np.ndarray,
+                 C: float = 1.0) -> np.ndarray:
+    """(n_concepts,) test-split AUROC of one logistic probe per concept on ``features`` (n, d).
+
+    Each probe is fitted on the ``train`` rows (features standardized by the train rows' mean and std) and
+    scored on the ``test`` rows: how well *any* linear read-out of this representation finds the concept,
+    an upper reference for a single unit. NaN where a concept has one class only in train or in test.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    X = np.asarray(features, dtype=np.float64)
+    y = np.asarray(presence, dtype=bool)
+    train, test = np.asarray(train, dtype=bool), np.asarray(test, dtype=bool)
+    if len(X) != len(y) or len(train) != len(X) or len(test) != len(X):
+        raise ValueError(f"features ({len(X)}), presence ({len(y)}), train ({len(train)}) and test ({len(test)}) "
+                         "must have one row per image")
+    mu, sd = X[train].mean(0), X[train].std(0) + 1e-8
+    Xs = (X - mu) / sd
+    out = np.full(y.shape[1], np.nan)
+    for j in range(y.shape[1]):
+        ytr, yte = y[train, j], y[test, j]
+        if ytr.all() or not ytr.any() or yte.all() or not yte.any():
+            continue
+        clf = LogisticRegression(C=C, max_iter=5000).fit(Xs[train], ytr)
+        out[j] = roc_auc_score(yte, clf.decision_function(Xs[test]))
+    return out
+
+
+def recovery_by_concept(
+    run_dir: str | Path,
+    image_ids: Sequence[str],
+    split: Sequence[str],
+    unit_sets: dict[str, np.ndarray],
+    probe_spaces: dict[str, np.ndarray],
+    recover_at: float = 0.95,
+    C: float = 1.0,
+) -> pd.DataFrame:
+    """Where each planted concept is lost: per concept, the best unit AUROC of every unit set and the
+    test AUROC of a linear probe on every representation; writes ``patterns/recovery_by_concept.csv``.
+
+    unit_sets: name -> activations (n_images, n_units), the first being the main set (``recovered``);
+    probe_spaces: name -> features (n_images, d), probed train -> test by :func:`probe_aurocs`. Unit AUROCs
+    use every image (units are never fitted to the truth). ``in_reach``: some probe reaches ``recover_at``;
+    a concept no probe separates is not linearly in that representation, so no unit of it can recover it.
+    A run without planted truth (real data) gets an empty table and no file.
+    """
+    if not RunDir(Path(run_dir)).ground_truth.exists():
+        return pd.DataFrame(columns=["concept", "category", "prevalence"])
+    gt = load_ground_truth(run_dir)
+    presence = ground_truth_matrix(gt, image_ids)
+    concepts = list(presence.columns)
+    y = presence.to_numpy()
+    split = np.asarray(split).astype(str)
+    table = pd.DataFrame({"concept": concepts, "category": [concept_categories(gt).get(c, "") for c in concepts],
+                          "prevalence": y.mean(0)})
+    for name, act in unit_sets.items():
+        auc = auroc_matrix(act, y)
+        table[f"best_{name.replace(' ', '_')}"] = np.nanmax(auc, axis=0) if len(auc) else np.nan
+    probes = []
+    for name, feats in probe_spaces.items():
+        col = f"probe_{name.replace(' ', '_')}"
+        table[col] = probe_aurocs(feats, y, split == "train", split == "test", C)
+        probes.append(col)
+    if unit_sets:
+        main = f"best_{next(iter(unit_sets)).replace(' ', '_')}"
+        table["recovered"] = table[main].fillna(0.0) >= recover_at
+    if probes:
+        table["in_reach"] = (table[probes].fillna(0.0) >= recover_at).any(axis=1)
+    write_table(RunDir(Path(run_dir)).patterns / RECOVERY_CSV, table)
+    return table
 
 
 def baseline_units(ensemble, x: torch.Tensor, member: int = 0) -> dict[str, np.ndarray]:

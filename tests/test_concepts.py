@@ -309,6 +309,54 @@ def test_evaluate_unit_sets_reads_truth_and_writes_table(tmp_path):
     assert per_unit["ensemble patterns"].loc[0, "best_concept"] == "pacemaker"
 
 
+def test_probe_is_fitted_on_train_rows_and_scored_on_test_rows():
+    from lanic_nb.monosemanticity import probe_aurocs
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(400, 3))
+    train = np.arange(400) < 300
+    y = np.where(train, f[:, 0] > 0, f[:, 0] < 0)[:, None]  # the test rows follow the opposite rule
+    auc = probe_aurocs(f, y, train, ~train)
+    assert auc[0] < 0.05  # a probe fitted on every row would sit near 0.5
+    one_class = probe_aurocs(f, np.zeros((400, 1), bool), train, ~train)
+    assert np.isnan(one_class[0])
+
+
+def test_recovery_by_concept_separates_lost_in_units_from_absent_in_representation(tmp_path):
+    from lanic_nb.io import write_table
+    from lanic_nb.monosemanticity import RECOVERY_CSV, recovery_by_concept
+    from lanic_nb.rundir import RunDir
+
+    rng = np.random.default_rng(1)
+    n = 300
+    ids = [f"im{i}" for i in range(n)]
+    split = np.where(np.arange(n) < 200, "train", "test")
+    present = {"pacemaker": rng.random(n) < 0.3, "scoliosis": rng.random(n) < 0.3, "collimation": rng.random(n) < 0.3}
+    # The representation carries pacemaker and collimation (spread over two dims each), not scoliosis.
+    emb = rng.normal(size=(n, 6)) * 0.3
+    emb[:, 0] += present["pacemaker"]
+    emb[:, 1] += present["pacemaker"]
+    emb[:, 2] += present["collimation"]
+    emb[:, 3] -= present["collimation"]
+    # The units find pacemaker only: collimation is in reach but lost by the units.
+    units = {"ensemble patterns": np.stack([present["pacemaker"] + 0.1 * rng.random(n), rng.random(n)], axis=1),
+             "embedding dims": emb}
+    t = recovery_by_concept(tmp_path, ids, split, units, {"embedding": emb})
+    assert t.empty and not (RunDir(tmp_path).patterns / RECOVERY_CSV).exists()  # no truth: real data
+    cats = {"pacemaker": "device", "scoliosis": "structural", "collimation": "artifact"}
+    gt = pd.DataFrame([{"image_id": i, "concept": c, "category": cats[c], "present": bool(present[c][k]),
+                        "side": "", "severity": 0.0} for k, i in enumerate(ids) for c in present])
+    write_table(RunDir(tmp_path).ground_truth, gt)
+    t = recovery_by_concept(tmp_path, ids, split, units, {"embedding": emb}).set_index("concept")
+    assert (RunDir(tmp_path).patterns / RECOVERY_CSV).exists()
+    assert t.loc["pacemaker", "recovered"] and t.loc["pacemaker", "in_reach"]
+    assert t.loc["collimation", "in_reach"] and not t.loc["collimation", "recovered"]
+    assert not t.loc["scoliosis", "in_reach"] and t.loc["scoliosis", "probe_embedding"] < 0.8
+    assert t.loc["collimation", "probe_embedding"] > 0.95 and t.loc["collimation", "best_ensemble_patterns"] < 0.7
+    assert t.loc["collimation", "category"] == "artifact"
+    assert t.loc["pacemaker", "prevalence"] == pytest.approx(present["pacemaker"].mean())
+
+
 def test_zero_units_summarize_to_nothing_recovered():
     vocab = load_vocabulary()
     auc = auroc_matrix(np.zeros((10, 0)), np.arange(10)[:, None] < 5)

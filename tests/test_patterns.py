@@ -230,6 +230,12 @@ def test_notebook_04_patterns(small_run):
         assert 0.0 <= m[key] <= 1.0
     # Patterns are built from the classifier's features, so they carry signal about planted concepts.
     assert ev.loc["ensemble patterns", "mean_best_auroc"] > 0.6
+    by = pd.read_csv(rd.patterns / "recovery_by_concept.csv").set_index("concept")
+    assert len(by) == 23 and by["recovered"].mean() == pytest.approx(m["recovery"])
+    assert by["probe_embedding"].ge(0.95).mean() == pytest.approx(m["probe_ceiling_embedding"])
+    assert by[["probe_embedding", "probe_classifier_hidden"]].stack().between(0, 1).all()
+    # Collimation (bright unexposed borders) is the phantom's coarsest concept: even the tiny test CLIP carries it.
+    assert by.loc["collimation", "probe_embedding"] > 0.95 and by.loc["collimation", "in_reach"]
 
 
 @pytest.mark.notebook
