@@ -205,8 +205,8 @@ def recovery_by_concept(
     concepts = list(presence.columns)
     y = presence.to_numpy()
     split = np.asarray(split).astype(str)
-    table = pd.DataFrame({"concept": concepts, "category": [concept_categories(gt).get(c, "") for c in concepts],
-                          "prevalence": y.mean(0)})
+    cats = concept_categories(gt)
+    table = pd.DataFrame({"concept": concepts, "category": [cats.get(c, "") for c in concepts], "prevalence": y.mean(0)})
     for name, act in unit_sets.items():
         auc = auroc_matrix(act, y)
         table[f"best_{name.replace(' ', '_')}"] = np.nanmax(auc, axis=0) if len(auc) else np.nan
