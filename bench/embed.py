@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from lanic_nb.clip_small import SmallClipConfig, train_small_clip
 from lanic_nb.device import pick_device
-from lanic_nb.embed import ImageRows, embed_manifest
-from lanic_nb.phantom import PhantomConfig, make_phantom_dataset
+from lanic_nb.embed.clip_small import SmallClipConfig, train_small_clip
+from lanic_nb.embed.store import ImageRows, embed_manifest
+from lanic_nb.phantom.generate import PhantomConfig, make_phantom_dataset
 from lanic_nb.rundir import RunDir
 
 ARCHS = {

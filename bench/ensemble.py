@@ -22,7 +22,7 @@ from dataclasses import replace
 import torch
 
 from lanic_nb.device import pick_device
-from lanic_nb.transcoder import (
+from lanic_nb.transcoder.model import (
     TranscoderConfig,
     TranscoderEnsemble,
     make_optimizer,

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from lanic_nb.patterns import MergeConfig, merge_latents, plant_codes, plant_decoders
+from lanic_nb.patterns.merge import MergeConfig, merge_latents, plant_codes, plant_decoders
 
 N, D_DICT, D_OUT, N_TRUE, N_ROWS = 100, 4096, 256, 5000, 2048
 

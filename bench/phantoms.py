@@ -15,9 +15,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from lanic_nb.labeler import label_report
-from lanic_nb.phantom import PhantomConfig, generate_image, make_phantom_dataset, view_of
-from lanic_nb.reports import make_report
+from lanic_nb.data.labeler import label_report
+from lanic_nb.phantom.generate import PhantomConfig, generate_image, make_phantom_dataset, view_of
+from lanic_nb.phantom.reports import make_report
 
 
 def png_bytes(img: np.ndarray) -> bytes:

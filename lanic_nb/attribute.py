@@ -29,10 +29,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from lanic_nb.io import read_json, read_table
 from lanic_nb.manifest import FINDINGS
+from lanic_nb.metrics import unit_aurocs
+from lanic_nb.progress import progress
 from lanic_nb.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class RunInputs:
 
     classifier: nn.Module
     ensemble: nn.Module
-    patterns: object  # lanic_nb.patterns.PatternSet
+    patterns: object  # lanic_nb.patterns.merge.PatternSet
     x: torch.Tensor  # (n, d_in) image embeddings
     rows: np.ndarray  # (n,) manifest row of each embedding
     manifest: pd.DataFrame  # the rows themselves
@@ -76,9 +77,9 @@ def load_run(run_dir: str | Path, split: str = "test", device: str | torch.devic
              max_images: int | None = None) -> RunInputs:
     """Load the classifier, ensemble, patterns and the split's embeddings from a run directory."""
     from lanic_nb.classify import load_classifier
-    from lanic_nb.embed import EmbeddingStore
-    from lanic_nb.patterns import PatternSet
-    from lanic_nb.transcoder import TranscoderEnsemble
+    from lanic_nb.embed.store import EmbeddingStore
+    from lanic_nb.patterns.merge import PatternSet
+    from lanic_nb.transcoder.model import TranscoderEnsemble
 
     rd = RunDir(Path(run_dir))
     manifest = read_table(rd.manifest)
@@ -154,7 +155,7 @@ def attribute(
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("contrib", "act", "error", "logits")}
     x = torch.as_tensor(x)
     starts = range(0, len(x), batch_size)
-    for s in tqdm(starts, desc="attribution", disable=len(starts) < 4, mininterval=2.0):
+    for s in progress(starts, desc="attribution", disable=len(starts) < 4, mininterval=2.0):
         xb = x[s : s + batch_size].to(device=device, dtype=torch.float32)
         z = ensemble.encode(xb).to(dtype)  # (n_members, batch, d_dict)
         h = classifier.hidden(xb).to(dtype)  # (batch, hidden)
@@ -251,7 +252,7 @@ def deletion_test(
     rand_drop = torch.zeros(n, n_cls, dtype=torch.float64)
     x = torch.as_tensor(x)
     starts = range(0, n, batch_size)
-    for s in tqdm(starts, desc=f"deletion k={k}", disable=len(starts) < 2, mininterval=2.0):
+    for s in progress(starts, desc=f"deletion k={k}", disable=len(starts) < 2, mininterval=2.0):
         xb = x[s : s + batch_size].to(device=device, dtype=torch.float32)
         z = ensemble.encode(xb)  # (n_members, batch, d_dict)
         h_full = ensemble.decode(z).mean(0)  # (batch, d_out): the ensemble's own reconstruction
@@ -345,19 +346,6 @@ def plot_insertion(curves: pd.DataFrame):
 # ---------------------------------------------------------------- shortcut check (evaluation)
 
 
-def pattern_aurocs(activations: np.ndarray | torch.Tensor, present: np.ndarray) -> np.ndarray:
-    """AUROC of every pattern's activation (n, n_patterns) for a binary concept ``present`` (n,)."""
-    from scipy.stats import rankdata
-
-    A = np.asarray(activations, dtype=np.float64)
-    y = np.asarray(present, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("present must contain both positives and negatives to compute AUROC")
-    ranks = rankdata(A, axis=0)  # ties share the average rank
-    return (ranks[y].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
 def top_pattern_hits(attr: Attribution, finding: int, pattern: int, rows: np.ndarray, top: int = 5) -> np.ndarray:
     """For the images ``rows`` (bool or index), whether ``pattern`` is among the ``top`` largest
     contributions toward ``finding`` (signed: patterns pushing the logit up)."""
@@ -426,7 +414,7 @@ def shortcut_check(run_dir: str | Path, attr: Attribution, image_ids: np.ndarray
     if not concept or finding not in FINDINGS:
         return None
     from lanic_nb.evaluation import ground_truth_matrix, load_ground_truth
-    from lanic_nb.phantom import FINDING_TO_CONCEPT
+    from lanic_nb.phantom.generate import FINDING_TO_CONCEPT
 
     truth = ground_truth_matrix(load_ground_truth(run_dir), [str(i) for i in image_ids])
     has_concept = truth[concept].to_numpy(bool)
@@ -434,7 +422,7 @@ def shortcut_check(run_dir: str | Path, attr: Attribution, image_ids: np.ndarray
     if attr.activations.shape[1] == 0:
         log.warning("shortcut check: the run has no patterns")
         return {"concept": concept, "finding": finding, "pattern": None, "share": float("nan")}
-    au = pattern_aurocs(attr.activations, has_concept)
+    au = unit_aurocs(attr.activations, has_concept)
     best = int(np.argmax(au))
     c = FINDINGS.index(finding)
     hits = top_pattern_hits(attr, c, best, np.flatnonzero(has_finding), top)

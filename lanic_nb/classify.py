@@ -4,7 +4,7 @@
 
 This is the template of CXR-LanIC's sister work (Matryoshka Transcoders, arXiv 2511.10094): a frozen
 CLIP embedding, one hidden ReLU layer of 256 units, a sigmoid per finding. The hidden layer ``h`` is what
-the transcoders of ``lanic_nb.transcoder`` predict from ``x``, so the model exposes ``hidden`` and ``head``
+the transcoders of ``lanic_nb.transcoder.model`` predict from ``x``, so the model exposes ``hidden`` and ``head``
 separately and ``forward(x) == head(hidden(x))``.
 
 Labels follow the CheXpert convention (1 / 0 / -1 uncertain / NaN not mentioned). NaN never enters the
@@ -29,6 +29,7 @@ from torch import nn
 from lanic_nb.checks import require_at_least_one
 from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
 from lanic_nb.manifest import FINDINGS
+from lanic_nb.metrics import auprc, auroc, bootstrap_metric, mean_auroc
 
 log = logging.getLogger(__name__)
 
@@ -115,40 +116,6 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- metrics
 
 
-def auroc(y: np.ndarray, s: np.ndarray) -> float:
-    """Area under the ROC curve by the rank (Mann-Whitney) formula; NaN if one class is absent."""
-    y = np.asarray(y, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = pd.Series(np.asarray(s, dtype=np.float64)).rank(method="average").to_numpy()
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def auprc(y: np.ndarray, s: np.ndarray) -> float:
-    """Average precision (step-wise area under precision-recall, as scikit-learn); NaN without positives."""
-    y = np.asarray(y, dtype=bool)
-    if y.sum() == 0:
-        return float("nan")
-    order = np.argsort(-np.asarray(s, dtype=np.float64), kind="mergesort")
-    ys, ss = y[order], np.asarray(s)[order]
-    tp = np.cumsum(ys)
-    last = np.r_[ss[1:] != ss[:-1], True]  # ties share one threshold: keep the last index of each run
-    tp, n_pred = tp[last], np.flatnonzero(last) + 1
-    precision, recall = tp / n_pred, tp / y.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def bootstrap_metric(fn, y: np.ndarray, s: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple:
-    """Point estimate and percentile 95% interval of ``fn(y, s)`` over bootstrap resamples of rows."""
-    point = fn(y, s)
-    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
-    vals = np.array([fn(y[i], s[i]) for i in idx])
-    vals = vals[np.isfinite(vals)]
-    lo, hi = (np.percentile(vals, [2.5, 97.5]) if len(vals) else (np.nan, np.nan))
-    return point, float(lo), float(hi)
-
-
 def evaluate(
     scores: dict[str, np.ndarray], Y: np.ndarray, n_boot: int = 500, seed: int = 0
 ) -> pd.DataFrame:
@@ -187,13 +154,6 @@ def predict_logits(model: DiagnosticClassifier, X: np.ndarray | torch.Tensor, de
     X = torch.as_tensor(np.asarray(X, dtype=np.float32))
     out = [model(X[i : i + batch_size].to(device)).cpu() for i in range(0, len(X), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, len(FINDINGS)), np.float32)
-
-
-def mean_auroc(Y: np.ndarray, S: np.ndarray) -> float:
-    """Mean over findings of the AUROC on certain labels (findings with one class only are skipped)."""
-    vals = [auroc(Y[m, j] == 1, S[m, j]) for j in range(Y.shape[1]) if (m := np.isin(Y[:, j], (0, 1))).any()]
-    vals = [v for v in vals if np.isfinite(v)]
-    return float(np.mean(vals)) if vals else float("nan")
 
 
 def train_classifier(
@@ -313,7 +273,7 @@ class StageData:
 
 def load_stage_data(run_dir: str | Path) -> StageData:
     """Read the embedding store and manifest of a run (the only place this stage touches them)."""
-    from lanic_nb.embed import EmbeddingStore
+    from lanic_nb.embed.store import EmbeddingStore
     from lanic_nb.io import read_table
     from lanic_nb.rundir import RunDir
 

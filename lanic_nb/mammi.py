@@ -3,7 +3,7 @@
 MAMMI (Kim, Ahn, Kim, MICCAI 2024) needs only a neuron's activations over a probing set and a
 vision-language model: the neuron's *representative* images (adaptive count) are scored against every
 concept prompt, and concepts within beta = 0.95 of the best are kept. That scoring already lives in
-``lanic_nb.concepts.annotate_units`` (used for the transcoder patterns); here it is applied to neurons,
+``lanic_nb.concepts.annotate.annotate_units`` (used for the transcoder patterns); here it is applied to neurons,
 whose activations come from forward hooks (conv channels averaged over space, as MAMMI does for DenseNet).
 
 Two baselines read the same (n_images, n_units) activations and (n_images, n_concepts) similarities:
@@ -27,12 +27,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from lanic_nb.checks import require_at_least_one
-from lanic_nb.classify import masked_bce, mean_auroc, policy_targets
-from lanic_nb.concepts import AnnotationConfig, annotate_units, match_concept
+from lanic_nb.classify import masked_bce, policy_targets
+from lanic_nb.concepts.annotate import AnnotationConfig, annotate_units, match_concept
 from lanic_nb.manifest import FINDINGS
+from lanic_nb.metrics import auroc_matrix, mean_auroc
+from lanic_nb.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def train_cnn(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     rows = []
     model.train()
-    for epoch in tqdm(range(cfg.epochs), desc="cnn", disable=not progress):
+    for epoch in progress_bar(range(cfg.epochs), desc="cnn", disable=not progress):
         order = torch.randperm(len(x), generator=gen)
         total = 0.0
         for s in range(0, len(x), cfg.batch_size):
@@ -253,7 +254,7 @@ def evaluate_annotations(
     to (0.5 when the name is no planted concept). Summary per method: mean assigned AUROC, and top-1 accuracy
     over monosemantic units (best AUROC >= monosemantic_at): the name equals that concept's vocabulary entry.
     """
-    from lanic_nb.monosemanticity import auroc_matrix, best_concepts
+    from lanic_nb.patterns.evaluate import best_concepts
 
     planted = list(presence.columns)
     auc = auroc_matrix(activations, presence.to_numpy())  # (n_units, n_planted)
@@ -283,7 +284,6 @@ def vlm_ceiling(similarity: np.ndarray, presence: pd.DataFrame, vocab: pd.DataFr
     Any annotator that reads only image-text similarity can name a unit for a concept only as well as the VLM
     tells that concept's images apart: this is the ceiling of every method here (phantom only, evaluation).
     """
-    from lanic_nb.monosemanticity import auroc_matrix
 
     auc = auroc_matrix(similarity, presence.to_numpy())  # (n_concepts in vocab, n_planted)
     index = {c: i for i, c in enumerate(vocab["concept"])}
@@ -322,7 +322,7 @@ def load_images(manifest: pd.DataFrame, data_dir, size: int) -> tuple[torch.Tens
     """The manifest's images as one (n, size, size) [0, 1] tensor, and an ok mask (unreadable -> False)."""
     from pathlib import Path
 
-    from lanic_nb.clip_small import load_gray_stack, manifest_images
+    from lanic_nb.embed.clip_small import load_gray_stack, manifest_images
 
     return load_gray_stack(manifest_images(manifest, Path(data_dir)), size)
 
@@ -331,8 +331,8 @@ def unit_activations(inp, patterns, cnn: FindingCNN, images: torch.Tensor, devic
     """(n_images, n_units) activations of the three unit sets compared: the CNN's last conv channels, the
     diagnostic classifier's hidden units, and the transcoder patterns (``inp``: patterns.load_stage_inputs,
     ``patterns``: the run's PatternSet)."""
-    from lanic_nb.ensemble import hidden_targets
-    from lanic_nb.patterns import pattern_activations
+    from lanic_nb.patterns.merge import pattern_activations
+    from lanic_nb.transcoder.stage import hidden_targets
 
     return {
         "cnn last conv": capture_activations(cnn, cnn.last_conv, image_batches(images, cnn.cfg.image_size), device),

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import to_hex
 
-from lanic_nb.concepts import CATEGORIES
+from lanic_nb.concepts.annotate import CATEGORIES
 from lanic_nb.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,9 @@ def pattern_tooltip(row: Mapping) -> str:
 
 def image_tooltip(image_id: str, labels: Mapping[str, float]) -> str:
     """Hover text of one image: its id, then each finding's report label."""
-    from lanic_nb.gallery import label_text  # the gallery's wording of labels, so both views say the same
+    from lanic_nb.gallery.data import (
+        label_text,  # the gallery's wording of labels, so both views say the same
+    )
 
     return "\n".join([f"image {image_id}", *(f"{f}: {label_text(v)}" for f, v in labels.items())])
 

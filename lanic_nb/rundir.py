@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from lanic_nb.io import read_json, write_json
 
 
 @dataclass(frozen=True)
@@ -77,3 +80,18 @@ class RunDir:
 
     def metrics_file(self, notebook: str) -> Path:
         return self.metrics / f"{notebook}.json"
+
+
+def record_metrics(run_dir: str | Path, stage: str, metrics: dict[str, Any]) -> Path:
+    """Merge ``metrics`` into ``<run_dir>/metrics/<stage>.json`` (the figures tests and README quote).
+
+    ``stage`` is the notebook's name (e.g. "04_patterns"), so a reader finds a notebook's figures by its name.
+    """
+    path = RunDir(Path(run_dir)).metrics_file(stage)
+    current = read_json(path) if path.exists() else {}
+    current.update(metrics)
+    return write_json(path, current)
+
+
+def load_metrics(run_dir: str | Path, stage: str) -> dict[str, Any]:
+    return read_json(RunDir(Path(run_dir)).metrics_file(stage))

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from lanic_nb.clip_small import SmallClipConfig, train_small_clip
+from lanic_nb.embed.clip_small import SmallClipConfig, train_small_clip
 from lanic_nb.manifest import conform
 
 REPORTS = [

@@ -11,15 +11,15 @@ from lanic_nb.attribute import (
     attribution_table,
     deletion_test,
     insertion_curves,
-    pattern_aurocs,
     patterns_for_mass,
     plot_insertion,
     summary_table,
     top_pattern_hits,
 )
 from lanic_nb.classify import ClassifierConfig, DiagnosticClassifier
-from lanic_nb.patterns import MergeConfig, PatternSet, pattern_activations
-from lanic_nb.transcoder import TranscoderConfig, TranscoderEnsemble
+from lanic_nb.metrics import unit_aurocs
+from lanic_nb.patterns.merge import MergeConfig, PatternSet, pattern_activations
+from lanic_nb.transcoder.model import TranscoderConfig, TranscoderEnsemble
 
 
 def tiny_models(d_in=12, hidden=10, d_dict=24, n_members=3, k=5, activation="topk", seed=0):
@@ -138,7 +138,7 @@ def test_shortcut_helpers():
     present = rng.random(200) < 0.3
     acts = rng.random((200, 4))
     acts[:, 2] += present * 2  # pattern 2 tracks the concept
-    au = pattern_aurocs(acts, present)
+    au = unit_aurocs(acts, present)
     assert au.argmax() == 2 and au[2] > 0.95 and 0.3 < au[0] < 0.7
     clf, ens = tiny_models()
     lp = tiny_patterns(3, 24, 6)
@@ -165,8 +165,7 @@ def test_tables():
 @pytest.mark.notebook
 def test_notebook_06_attribution(small_run):
     from lanic_nb.manifest import FINDINGS
-    from lanic_nb.notebook import load_metrics
-    from lanic_nb.rundir import RunDir
+    from lanic_nb.rundir import RunDir, load_metrics
 
     run = small_run.until("06")
     m = load_metrics(run, "06_attribution")
@@ -187,7 +186,7 @@ def test_shortcut_check_on_a_phantom(tmp_path):
     from lanic_nb.attribute import Attribution, shortcut_check
     from lanic_nb.evaluation import ground_truth_matrix, load_ground_truth
     from lanic_nb.manifest import FINDINGS
-    from lanic_nb.phantom import FINDING_TO_CONCEPT, PhantomConfig, make_phantom_dataset
+    from lanic_nb.phantom.generate import FINDING_TO_CONCEPT, PhantomConfig, make_phantom_dataset
 
     cfg = PhantomConfig(n_images=60, image_size=32, shortcut_strength=0.9, shortcut_base=0.1)
     ids = make_phantom_dataset(tmp_path, cfg)["image_id"].astype(str).to_numpy()

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lanic_nb.concepts import (
+from lanic_nb.concepts.annotate import (
     CATEGORIES,
     AnnotationConfig,
     annotate_units,
@@ -29,8 +29,9 @@ from lanic_nb.concepts import (
     representative_images,
     top_sentences,
 )
-from lanic_nb.monosemanticity import auroc_matrix, best_concepts, summarize_units
-from lanic_nb.phantom import CONCEPTS
+from lanic_nb.metrics import auroc_matrix
+from lanic_nb.patterns.evaluate import best_concepts, summarize_units
+from lanic_nb.phantom.generate import CONCEPTS
 
 
 def test_vocabulary_covers_six_categories_with_synonyms():
@@ -236,7 +237,7 @@ def test_pattern_stage_before_evaluation_never_reads_the_truth(small_run, monkey
     import pyarrow.parquet as pq
 
     import lanic_nb.evaluation as evaluation
-    from lanic_nb import patterns as P
+    from lanic_nb.patterns import merge as P
     from lanic_nb.rundir import RunDir
 
     run = small_run.until("03")
@@ -287,7 +288,7 @@ def test_mentions_skip_negations_and_purity_finds_the_concept():
 
 def test_evaluate_unit_sets_reads_truth_and_writes_table(tmp_path):
     from lanic_nb.io import write_table
-    from lanic_nb.monosemanticity import evaluate_unit_sets, headline_metrics
+    from lanic_nb.patterns.evaluate import evaluate_unit_sets, headline_metrics
     from lanic_nb.rundir import RunDir
 
     vocab = load_vocabulary()
@@ -310,7 +311,7 @@ def test_evaluate_unit_sets_reads_truth_and_writes_table(tmp_path):
 
 
 def test_probe_is_fitted_on_train_rows_and_scored_on_test_rows():
-    from lanic_nb.monosemanticity import probe_aurocs
+    from lanic_nb.patterns.evaluate import probe_aurocs
 
     rng = np.random.default_rng(0)
     f = rng.normal(size=(400, 3))
@@ -324,7 +325,7 @@ def test_probe_is_fitted_on_train_rows_and_scored_on_test_rows():
 
 def test_recovery_by_concept_separates_lost_in_units_from_absent_in_representation(tmp_path):
     from lanic_nb.io import write_table
-    from lanic_nb.monosemanticity import RECOVERY_CSV, recovery_by_concept
+    from lanic_nb.patterns.evaluate import RECOVERY_CSV, recovery_by_concept
     from lanic_nb.rundir import RunDir
 
     rng = np.random.default_rng(1)

@@ -15,7 +15,7 @@ import pytest
 from image_helpers import RAMP, write_dicom
 from PIL import Image
 
-from lanic_nb.data import (
+from lanic_nb.data.readers import (
     MESH_FINDINGS_STRICT,
     labeler_agreement_with_mesh,
     mesh_labels,
@@ -447,7 +447,7 @@ def test_openi_real_reports_parse(iu_reports):
 
 
 def test_openi_manifest(iu_tree, tmp_path):
-    from lanic_nb.data import read_openi
+    from lanic_nb.data.readers import read_openi
 
     xml_dir, tgz = iu_tree
     meta = tmp_path / "nlmcxr_dicom_metadata.csv"  # torchxrayvision's table: imageid, View Position, ...

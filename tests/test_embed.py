@@ -7,7 +7,7 @@ import pytest
 import torch
 from embed_helpers import tiny_encoder, tiny_manifest
 
-from lanic_nb.embed import EmbeddingStore, embed_manifest, sentence_table, split_sentences
+from lanic_nb.embed.store import EmbeddingStore, embed_manifest, sentence_table, split_sentences
 from lanic_nb.manifest import manifest_hash
 from lanic_nb.rundir import RunDir
 
@@ -106,7 +106,7 @@ def test_bad_arguments(tmp_path, encoder):
 @pytest.mark.notebook
 def test_notebook_01_small(small_run):
     from lanic_nb.manifest import FINDINGS
-    from lanic_nb.notebook import load_metrics
+    from lanic_nb.rundir import load_metrics
 
     run = small_run.until("01")
     m = load_metrics(run, "01_embed")

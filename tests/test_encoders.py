@@ -12,8 +12,8 @@ import pytest
 import torch
 from embed_helpers import REPORTS, tiny_config, tiny_encoder
 
-from lanic_nb.clip_small import SmallClipConfig, train_small_clip
-from lanic_nb.encoders import BIOMEDCLIP, EncoderUnavailable, load_encoder, preprocess_gray
+from lanic_nb.embed.clip_small import SmallClipConfig, train_small_clip
+from lanic_nb.embed.encoders import BIOMEDCLIP, EncoderUnavailable, load_encoder, preprocess_gray
 
 
 def _run_py(code: str, hf_home, timeout=60):
@@ -36,7 +36,7 @@ def test_biomedclip_without_cache_fails_fast_without_hf_hub_offline(empty_hf_hom
     code = f"""
         import os, time
         assert "HF_HUB_OFFLINE" not in os.environ
-        from lanic_nb.encoders import load_encoder, EncoderUnavailable
+        from lanic_nb.embed.encoders import load_encoder, EncoderUnavailable
         import open_clip, transformers  # imports are not part of the failure path
         t = time.perf_counter()
         try:
@@ -62,7 +62,7 @@ def test_missing_transformers_gives_clear_message(empty_hf_home):
     code = f"""
         import sys
         sys.modules["transformers"] = None  # as if the package were not installed
-        from lanic_nb.encoders import load_encoder, EncoderUnavailable
+        from lanic_nb.embed.encoders import load_encoder, EncoderUnavailable
         try:
             load_encoder({BIOMEDCLIP!r})
         except EncoderUnavailable as e:
@@ -145,7 +145,7 @@ def test_evaluate_clip_recall_and_auroc():
     import numpy as np
     import pandas as pd
 
-    from lanic_nb.clip_small import evaluate_clip
+    from lanic_nb.embed.clip_small import evaluate_clip
     from lanic_nb.manifest import FINDINGS
 
     rng = np.random.default_rng(0)
@@ -169,7 +169,7 @@ def test_evaluate_clip_recall_and_auroc():
 def test_zero_shot_scores_shape_and_nan_rows(tmp_path):
     import numpy as np
 
-    from lanic_nb.clip_small import zero_shot_scores
+    from lanic_nb.embed.clip_small import zero_shot_scores
     from lanic_nb.manifest import FINDINGS
 
     enc = tiny_encoder(tmp_path / "clip")

@@ -17,7 +17,7 @@ from PIL import Image
 from lanic_nb.attribute import attribute
 from lanic_nb.classify import ClassifierConfig, DiagnosticClassifier
 from lanic_nb.explain import Annotator, PatternEvidence, explain_prediction, top_evidence
-from lanic_nb.gallery import (
+from lanic_nb.gallery.data import (
     GalleryData,
     ImageView,
     PatternGallery,
@@ -28,7 +28,7 @@ from lanic_nb.gallery import (
     waterfall_terms,
 )
 from lanic_nb.manifest import FINDINGS
-from lanic_nb.transcoder import TranscoderConfig, TranscoderEnsemble
+from lanic_nb.transcoder.model import TranscoderConfig, TranscoderEnsemble
 
 N_IMG, N_PAT = 14, 9
 CATS = ("cardiac", "pleural", "device")
@@ -195,8 +195,8 @@ def tiny_run(tmp_path_factory) -> Path:
     from embed_helpers import tiny_encoder, tiny_manifest
 
     from lanic_nb.classify import save_classifier
-    from lanic_nb.embed import embed_manifest
-    from lanic_nb.patterns import MergeConfig, merge_latents
+    from lanic_nb.embed.store import embed_manifest
+    from lanic_nb.patterns.merge import MergeConfig, merge_latents
     from lanic_nb.rundir import RunDir
 
     root = tmp_path_factory.mktemp("tiny_run")
@@ -238,7 +238,7 @@ def test_gallery_from_a_run_directory(tiny_run):
 
 @pytest.mark.notebook
 def test_notebook_07_gallery(small_run):
-    from lanic_nb.notebook import load_metrics
+    from lanic_nb.rundir import load_metrics
 
     run = small_run.until("07")
     m = load_metrics(run, "07_gallery")

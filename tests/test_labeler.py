@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from lanic_nb.labeler import label_report, label_reports, split_sentences
+from lanic_nb.data.labeler import label_report, label_reports, split_sentences
 from lanic_nb.manifest import FINDINGS
-from lanic_nb.phantom import PhantomConfig, sample_truth, view_of
-from lanic_nb.reports import make_report
+from lanic_nb.phantom.generate import PhantomConfig, sample_truth, view_of
+from lanic_nb.phantom.reports import make_report
 
 A, C, CO, E, P = FINDINGS
 NAN = math.nan

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lanic_nb.concepts import AnnotationConfig
+from lanic_nb.concepts.annotate import AnnotationConfig
 from lanic_nb.mammi import (
     CNNConfig,
     FindingCNN,
@@ -59,7 +59,7 @@ def test_cnn_learns_a_bright_blob():
     model, log = train_cnn(imgs, y, CNNConfig(image_size=16, channels=(4, 8), hidden=8, epochs=15, lr=1e-2),
                            progress=False)
     act = capture_activations(model, "fc2", image_batches(imgs, 16))[:, 0]
-    from lanic_nb.classify import auroc
+    from lanic_nb.metrics import auroc
 
     assert auroc(y[:, 0], act) > 0.95 and log.loss.iloc[-1] < log.loss.iloc[0]
 
@@ -94,8 +94,7 @@ def test_every_method_names_the_planted_concept():
 @pytest.mark.notebook
 def test_notebook_writes_the_neuron_table(small_run):
     from lanic_nb.io import read_table
-    from lanic_nb.notebook import load_metrics
-    from lanic_nb.rundir import RunDir
+    from lanic_nb.rundir import RunDir, load_metrics
 
     run = small_run.until("08")
     table = read_table(RunDir(run).stage("mammi") / "neurons.parquet")

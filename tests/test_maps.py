@@ -139,8 +139,7 @@ def test_map_page_renders_in_headless_chromium_without_console_errors(tmp_path, 
 @pytest.mark.notebook
 def test_notebook_05_writes_html_maps_wired_to_the_coordinate_tables(small_run):
     from lanic_nb.manifest import FINDINGS
-    from lanic_nb.notebook import load_metrics
-    from lanic_nb.rundir import RunDir
+    from lanic_nb.rundir import RunDir, load_metrics
 
     run = small_run.until("05")
     out = RunDir(run).patterns / "maps"

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from lanic_nb import pathology as P
-from lanic_nb.encoders import EncoderUnavailable
-from lanic_nb.pathology_phantom import (
+from lanic_nb.embed.encoders import EncoderUnavailable
+from lanic_nb.pathology import study as P
+from lanic_nb.pathology.phantom import (
     GENES,
     TISSUES,
     TileConfig,
@@ -18,7 +18,7 @@ from lanic_nb.pathology_phantom import (
     make_tile_dataset,
     save_tile_dataset,
 )
-from lanic_nb.visium import POSITION_COLUMNS, read_visium, spot_tiles, tiles_to_visium, write_visium
+from lanic_nb.pathology.visium import POSITION_COLUMNS, read_visium, spot_tiles, tiles_to_visium, write_visium
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +154,7 @@ def test_phantom_slide_as_visium_gives_back_its_tiles(tiny, tmp_path):
 @pytest.mark.notebook
 def test_notebook_writes_the_feature_gene_table(small_run):
     from lanic_nb.io import read_table
-    from lanic_nb.notebook import load_metrics
-    from lanic_nb.rundir import RunDir
+    from lanic_nb.rundir import RunDir, load_metrics
 
     run = small_run.until("09")
     folder = RunDir(run).stage("pathology")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lanic_nb.classify import ClassifierConfig, DiagnosticClassifier
 from lanic_nb.manifest import FINDINGS
-from lanic_nb.patterns import (
+from lanic_nb.patterns.merge import (
     MergeConfig,
     PatternSet,
     latent_alive,
@@ -21,7 +21,7 @@ from lanic_nb.patterns import (
     plant_codes,
     plant_decoders,
 )
-from lanic_nb.transcoder import TranscoderConfig, TranscoderEnsemble
+from lanic_nb.transcoder.model import TranscoderConfig, TranscoderEnsemble
 
 
 def _pure_and_complete(ps: PatternSet, truth: torch.Tensor) -> None:
@@ -209,9 +209,8 @@ def test_maps_write_pngs_without_umap(tmp_path):
 def test_notebook_04_patterns(small_run):
     import pandas as pd
 
-    from lanic_nb.concepts import CATEGORIES
-    from lanic_nb.notebook import load_metrics
-    from lanic_nb.rundir import RunDir
+    from lanic_nb.concepts.annotate import CATEGORIES
+    from lanic_nb.rundir import RunDir, load_metrics
 
     run = small_run.until("04")
     m = load_metrics(run, "04_patterns")
@@ -240,8 +239,7 @@ def test_notebook_04_patterns(small_run):
 
 @pytest.mark.notebook
 def test_notebook_05_maps(small_run):
-    from lanic_nb.notebook import load_metrics
-    from lanic_nb.rundir import RunDir
+    from lanic_nb.rundir import RunDir, load_metrics
 
     run = small_run.until("05")
     m = load_metrics(run, "05_maps")

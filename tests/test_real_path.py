@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lanic_nb.data import build_manifest
-from lanic_nb.embed import EmbeddingStore
+from lanic_nb.data.readers import build_manifest
+from lanic_nb.embed.store import EmbeddingStore
 from lanic_nb.io import read_table
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.run_notebooks import NOTEBOOK_DIR

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lanic_nb.classify import ClassifierConfig, DiagnosticClassifier
-from lanic_nb.transcoder import (
+from lanic_nb.transcoder.model import (
     ACTIVATIONS,
     TranscoderConfig,
     TranscoderEnsemble,
@@ -218,8 +218,7 @@ def test_config_validation_names_parameter():
 def test_notebooks_02_03_small(small_run):
     from lanic_nb.classify import load_classifier
     from lanic_nb.io import read_table
-    from lanic_nb.notebook import load_metrics
-    from lanic_nb.rundir import RunDir
+    from lanic_nb.rundir import RunDir, load_metrics
 
     run_dir = small_run.until("03")
     rd = RunDir(run_dir)

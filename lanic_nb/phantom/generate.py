@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from lanic_nb.io import atomic_path, read_json, write_json, write_table
 from lanic_nb.manifest import FINDINGS, conform, split_by_patient
-from lanic_nb.phantom_draw import SIDE_SIGN, render, sample_anatomy
+from lanic_nb.phantom.draw import SIDE_SIGN, render, sample_anatomy
+from lanic_nb.progress import progress
 from lanic_nb.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ def _generate_chunk(
     cfg: PhantomConfig, img_dir: Path, start: int, stop: int
 ) -> tuple[list[dict], list[dict]]:
     """Images start..stop-1: write their PNGs; return their manifest records and truth rows."""
-    from lanic_nb.reports import make_report
+    from lanic_nb.phantom.reports import make_report
 
     records, truth = [], []
     for i in range(start, stop):
@@ -323,7 +323,7 @@ def make_phantom_dataset(
     ``workers`` processes share the images (default: one per CPU, at most 4); the output does not
     depend on it, because every image draws from its own seeded generators.
     """
-    from lanic_nb.labeler import label_reports
+    from lanic_nb.data.labeler import label_reports
 
     rd = RunDir(Path(run_dir))
     meta_path = rd.data / "meta.json"
@@ -337,7 +337,7 @@ def make_phantom_dataset(
     workers = max(1, min(os.cpu_count() or 1, 4) if workers is None else workers)
     step = 50
     chunks = [(i, min(i + step, cfg.n_images)) for i in range(0, cfg.n_images, step)]
-    bar = tqdm(total=cfg.n_images, desc="phantom images", mininterval=2.0)
+    bar = progress(total=cfg.n_images, desc="phantom images", mininterval=2.0)
     results = []
     if workers == 1 or len(chunks) == 1:
         for a, b in chunks:

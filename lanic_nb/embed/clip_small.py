@@ -2,7 +2,7 @@
 
 BiomedCLIP is a ViT image tower plus a PubMedBERT text tower (transformers), joined by open_clip and
 trained contrastively on figure-caption pairs. The small model keeps that structure so it runs through
-exactly the same loader (:func:`lanic_nb.encoders.load_encoder`): a small open_clip image tower (a ViT
+exactly the same loader (:func:`lanic_nb.embed.encoders.load_encoder`): a small open_clip image tower (a ViT
 of a few layers by default; a ModifiedResNet with ``vision_arch="resnet"``) and a tiny
 BERT built by transformers from a local config, with a WordPiece vocabulary trained on the run's own
 report text. Everything is saved as one folder (open_clip's ``local-dir:`` layout):
@@ -26,13 +26,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
-from tqdm.auto import tqdm
 
 from lanic_nb.checks import require_at_least_one
 from lanic_nb.device import seed_everything
-from lanic_nb.embed import split_sentences
-from lanic_nb.encoders import (
+from lanic_nb.embed.encoders import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     Encoder,
@@ -40,9 +37,12 @@ from lanic_nb.encoders import (
     local_text_cfg,
     preprocess_gray,
 )
+from lanic_nb.embed.store import split_sentences
 from lanic_nb.images import ImageReadError, load_image
 from lanic_nb.io import read_table, write_json, write_table, write_tensors
 from lanic_nb.manifest import FINDINGS, resolve_image_path
+from lanic_nb.metrics import auroc
+from lanic_nb.progress import progress
 from lanic_nb.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def load_gray_stack(paths: Sequence[Path], size: int) -> tuple[torch.Tensor, np.
     """Decode images into one (n, size, size) [0, 1] tensor (resized + center-cropped); also an ok mask."""
     out = torch.zeros(len(paths), size, size)
     ok = np.ones(len(paths), dtype=bool)
-    for i, p in enumerate(tqdm(paths, desc="decode", leave=False)):
+    for i, p in enumerate(progress(paths, desc="decode", leave=False)):
         try:
             img = torch.from_numpy(load_image(p))
         except ImageReadError as e:
@@ -310,7 +310,7 @@ def train_small_clip(
     loss_fn = ClipLoss()
     losses: list[float] = []
     model.train()
-    for step in (bar := tqdm(range(cfg.steps), desc="train small CLIP")):
+    for step in (bar := progress(range(cfg.steps), desc="train small CLIP")):
         idx = torch.randperm(len(images), generator=gen)[: cfg.batch_size]
         x = images[idx]
         texts = [reports[i] for i in idx.tolist()]
@@ -378,7 +378,7 @@ def evaluate_clip(
         y = manifest[f].to_numpy(dtype=float)[rows]
         keep = y != -1
         yb = (y[keep] == 1).astype(int)
-        aucs[f] = float(roc_auc_score(yb, scores[f].to_numpy()[rows][keep])) if 0 < yb.sum() < len(yb) else None
+        aucs[f] = auroc(yb, scores[f].to_numpy()[rows][keep]) if 0 < yb.sum() < len(yb) else None
     metrics["zeroshot_auroc"] = aucs
     valid = [v for v in aucs.values() if v is not None]
     metrics["zeroshot_auroc_mean"] = float(np.mean(valid)) if valid else None

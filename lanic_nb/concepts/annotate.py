@@ -29,7 +29,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 log = logging.getLogger(__name__)
 
 CATEGORIES: tuple[str, ...] = ("cardiac", "pulmonary", "pleural", "structural", "device", "artifact")
-VOCABULARY_CSV = Path(__file__).resolve().parent.parent / "data" / "concepts.csv"
+VOCABULARY_CSV = Path(__file__).resolve().parent.parent / "resources" / "concepts.csv"
 TEMPLATE = "A chest x-ray image of a {}"
 
 # Words that end or split a noun phrase: English function words (scikit-learn's stop list: prepositions,
@@ -328,7 +328,7 @@ def read_iu_reports(path: str | Path | None = None) -> list[str]:
 
 def load_text_encoder(store, name: str = ""):
     """The VLM whose text tower names the units: ``name``, else the encoder the embedding store was made with."""
-    from lanic_nb.encoders import LOCAL_PREFIX, load_encoder
+    from lanic_nb.embed.encoders import LOCAL_PREFIX, load_encoder
 
     name = name or store.header["encoder"]
     if name.startswith(LOCAL_PREFIX) and not Path(name[len(LOCAL_PREFIX) :]).exists():

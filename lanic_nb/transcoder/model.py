@@ -10,7 +10,7 @@ layer h = relu(fc1(x)) through a sparse, overcomplete code z:
 so every hidden unit of the classifier is rewritten as a sum of a few dictionary directions, each a
 candidate "pattern" (CXR-LanIC; Matryoshka Transcoders, arXiv 2511.10094). One dictionary depends on its
 seed (Paulo & Belrose, arXiv 2501.16615, find ~30% of latents shared across seeds), so we train N of them
-(N=100 in CXR-LanIC) and later keep the directions that recur (``lanic_nb.patterns``).
+(N=100 in CXR-LanIC) and later keep the directions that recur (``lanic_nb.patterns.merge``).
 
 The N members live in stacked tensors with a leading member axis and train together with batched matrix
 products (``torch.baddbmm`` / ``torch.bmm``), one optimizer step for all. Each member keeps its own
@@ -45,10 +45,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from lanic_nb.checks import require_at_least_one
 from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
+from lanic_nb.metrics import mean_auroc
+from lanic_nb.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -639,7 +640,7 @@ def train_ensemble(
         log.info("resumed transcoder training at step %d", step)
     log_every = max(1, cfg.steps // 50)
     model.train()
-    bar = tqdm(range(step, cfg.steps), desc="transcoders", disable=not progress, initial=step, total=cfg.steps)
+    bar = progress_bar(range(step, cfg.steps), desc="transcoders", disable=not progress, initial=step, total=cfg.steps)
     for step in bar:
         model._steps_done = step
         for group in opt.param_groups:
@@ -674,7 +675,6 @@ def ensemble_metrics(
     AUROC runs ``head`` on the member's h_hat instead of h; ``H`` defaults to ``classifier.hidden(X)``.
     A latent is dead here if it fires on none of the rows.
     """
-    from lanic_nb.classify import mean_auroc
 
     model.eval()
     classifier.eval()

@@ -515,7 +515,7 @@ class StageInputs:
 
     ensemble: torch.nn.Module
     classifier: torch.nn.Module
-    store: object  # lanic_nb.embed.EmbeddingStore
+    store: object  # lanic_nb.embed.store.EmbeddingStore
     manifest: pd.DataFrame  # rows of the readable images, in embedding order
     x: torch.Tensor  # (n_images, d_in) image embeddings
     image_ids: np.ndarray  # (n_images,) str
@@ -524,10 +524,10 @@ class StageInputs:
 def load_stage_inputs(run_dir: str | Path, device: str | torch.device = "cpu") -> StageInputs:
     """Ensemble, classifier, embedding store and manifest of a run (never the ground truth)."""
     from lanic_nb.classify import load_classifier
-    from lanic_nb.embed import EmbeddingStore
+    from lanic_nb.embed.store import EmbeddingStore
     from lanic_nb.io import read_table
     from lanic_nb.rundir import RunDir
-    from lanic_nb.transcoder import TranscoderEnsemble
+    from lanic_nb.transcoder.model import TranscoderEnsemble
 
     rd = RunDir(Path(run_dir))
     store = EmbeddingStore.open(rd.embed)

@@ -72,7 +72,7 @@ class GalleryData:
     def from_run(cls, run_dir: str | Path, split: str = "test", max_images: int | None = None,
                  device: str | torch.device = "cpu") -> GalleryData:
         """Load the run's models and compute the attributions of ``split`` (readable images only)."""
-        from lanic_nb.embed import EmbeddingStore
+        from lanic_nb.embed.store import EmbeddingStore
 
         rd = RunDir(Path(run_dir))
         run = load_run(rd.root, split, device, max_images)
@@ -432,7 +432,7 @@ def gallery_app(data: GalleryData):
 
 def export_html(run_dir: str | Path, out_path: str | Path | None = None, allow_patient_data: bool = False,
                 data: GalleryData | None = None, **kwargs) -> Path:
-    """Write one self-contained HTML page (see ``lanic_nb.gallery_html.export_html``)."""
-    from lanic_nb.gallery_html import export_html as _export
+    """Write one self-contained HTML page (see ``lanic_nb.gallery.html.export_html``)."""
+    from lanic_nb.gallery.html import export_html as _export
 
     return _export(run_dir, out_path, allow_patient_data=allow_patient_data, data=data, **kwargs)

@@ -2,7 +2,7 @@
 
 Reads ``classifier/`` and the embedding store; writes ``transcoders/ensemble.safetensors``, ``config.json``,
 ``metrics.parquet`` (one row per member, on the test split), ``train_log.csv`` and ``checkpoints/``.
-The model code is in ``lanic_nb.transcoder``; this module only connects it to the run directory.
+The model code is in ``lanic_nb.transcoder.model``; this module only connects it to the run directory.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from lanic_nb.classify import DiagnosticClassifier, load_classifier, load_stage_data
 from lanic_nb.io import write_table
 from lanic_nb.rundir import RunDir
-from lanic_nb.transcoder import TranscoderConfig, TranscoderEnsemble, ensemble_metrics, train_ensemble
+from lanic_nb.transcoder.model import TranscoderConfig, TranscoderEnsemble, ensemble_metrics, train_ensemble
 
 
 @torch.no_grad()

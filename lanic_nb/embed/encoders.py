@@ -8,7 +8,7 @@ Two sources, one code path (open_clip's ``create_model_from_pretrained`` + ``get
   network for ~20 s.
 * ``"local-dir:PATH"`` or a plain folder path: ``open_clip_config.json`` + ``open_clip_model.safetensors``
   + a Hugging Face tokenizer and (for an HF text tower) a transformers ``config.json`` in the same
-  folder. This is how :mod:`lanic_nb.clip_small` saves the small default model. Relative paths in the
+  folder. This is how :mod:`lanic_nb.embed.clip_small` saves the small default model. Relative paths in the
   config's ``text_cfg`` are resolved against the folder, so the folder can move.
 """
 
@@ -134,7 +134,7 @@ def _how_to_provide(name: str) -> str:
         "model as a local folder (open_clip_config.json + open_clip_model.safetensors + tokenizer files) and "
         "pass 'local-dir:/path/to/folder'. Set HF_HUB_OFFLINE=1 so loading never waits on the network; "
         "pass allow_download=True to let open_clip download. The embedded default needs none of this: "
-        "model='small' trains a small CLIP on the phantom (lanic_nb.clip_small)."
+        "model='small' trains a small CLIP on the phantom (lanic_nb.embed.clip_small)."
     )
 
 
@@ -193,7 +193,7 @@ def _load_local(folder: Path, device: torch.device) -> tuple[torch.nn.Module, An
     if not folder.is_dir() or not cfg_path.is_file() or not (folder / WEIGHTS_NAME).is_file():
         raise EncoderUnavailable(
             f"Local encoder folder {str(folder)!r} must hold {CONFIG_NAME} and {WEIGHTS_NAME} (+ tokenizer "
-            "files); train the small model with lanic_nb.clip_small.train_small_clip, or point to a folder "
+            "files); train the small model with lanic_nb.embed.clip_small.train_small_clip, or point to a folder "
             "saved in that layout."
         )
     text_cfg = local_text_cfg(folder, json.loads(cfg_path.read_text())["model_cfg"])

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lanic_nb.explain import signed
-from lanic_nb.gallery import (
+from lanic_nb.gallery.data import (
     GalleryData,
     b64,
     describe_pattern,

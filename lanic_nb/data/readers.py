@@ -6,7 +6,7 @@ and "missing" otherwise, splits that never put one patient in two splits, fronta
 ``frontal_only=False``. Tables are read with vectorized pandas (NIH has 112k rows, CheXpert 224k);
 the only per-row work is the file-exists check, which ``check_files=False`` skips (status is then "ok"
 for every row and an unreadable image is caught later by the embedding store). The Indiana University
-reports' parsing and the labeler-vs-MeSH agreement live in ``lanic_nb.openi`` and are re-exported here.
+reports' parsing and the labeler-vs-MeSH agreement live in ``lanic_nb.data.openi`` and are re-exported here.
 
 The label tables may live apart from the images (``table=``): the tests read the real NIH and CheXpert
 tables that torchxrayvision ships, with no images at all.
@@ -22,10 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from lanic_nb.manifest import FINDINGS, conform, split_by_patient
-from lanic_nb.openi import (  # noqa: F401 - re-exported: the data stage's public API
+from lanic_nb.data.openi import (  # noqa: F401 - re-exported: the data stage's public API
     MESH_FINDINGS,
     MESH_FINDINGS_STRICT,
     label_texts,
@@ -33,6 +31,8 @@ from lanic_nb.openi import (  # noqa: F401 - re-exported: the data stage's publi
     mesh_labels,
     read_openi_reports,
 )
+from lanic_nb.manifest import FINDINGS, conform, split_by_patient
+from lanic_nb.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def read_mimic_cxr(
         studies = rel.unique()
         texts = {
             r: _read_mimic_report(rroot / f"{r}.txt")
-            for r in tqdm(studies, desc="MIMIC-CXR reports", disable=len(studies) < 1000)
+            for r in progress(studies, desc="MIMIC-CXR reports", disable=len(studies) < 1000)
         }
         out["report"] = rel.map(texts)
     out["status"] = _status(out["image_path"], check_files, root)
@@ -377,7 +377,7 @@ def read_openi(
     """Indiana University chest X-rays (OpenI): reports from ``source`` (XML folder or NLMCXR .tgz).
 
     One row per image (``parentImage`` id); images are ``images_root/<id>.png`` (the NLMCXR_png release).
-    Labels come from the report labeler (``lanic_nb.labeler.label_report`` unless ``labeler`` is given)
+    Labels come from the report labeler (``lanic_nb.data.labeler.label_report`` unless ``labeler`` is given)
     on FINDINGS + IMPRESSION; the MeSH headings ride along in ``mesh_major`` / ``mesh_automatic``
     (pipe-joined). Each report is one patient and study. Views come from ``dicom_metadata`` (a CSV with
     ``imageid`` and ``View Position``, e.g. torchxrayvision's ``nlmcxr_dicom_metadata.csv.gz``); without

@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
-from lanic_nb.encoders import Encoder, preprocess_gray
+from lanic_nb.embed.encoders import Encoder, preprocess_gray
 from lanic_nb.images import ImageReadError, load_image
 from lanic_nb.io import read_json, read_table, write_json, write_table
 from lanic_nb.manifest import manifest_hash, resolve_image_path
+from lanic_nb.progress import progress
 from lanic_nb.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ def embed_manifest(
         batch_sampler=[list(batches[b]) for b in todo], num_workers=num_workers, collate_fn=collate_rows,
         pin_memory=dev.type == "cuda",
     )
-    for b, batch in zip(todo, tqdm(loader, total=len(todo), desc="embed"), strict=True):
+    for b, batch in zip(todo, progress(loader, total=len(todo), desc="embed"), strict=True):
         rows = np.asarray(batch["rows"])
         ok = np.asarray([s == "ok" for s in batch["status"]])
         img = np.full((len(rows), encoder.embed_dim), np.nan, dtype=np.float32)

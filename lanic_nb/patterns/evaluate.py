@@ -18,36 +18,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import rankdata
 
-from lanic_nb.concepts import match_concept
+from lanic_nb.concepts.annotate import match_concept
 from lanic_nb.evaluation import concept_categories, ground_truth_matrix, load_ground_truth
 from lanic_nb.io import write_table
-from lanic_nb.patterns import rows_per_batch
+from lanic_nb.metrics import auroc, auroc_matrix
+from lanic_nb.patterns.merge import rows_per_batch
 from lanic_nb.rundir import RunDir
 
 EVALUATION_CSV = "evaluation.csv"
 RECOVERY_CSV = "recovery_by_concept.csv"
 SUMMARY_KEYS = ("n_units", "n_concepts", "recovery", "n_monosemantic", "category_accuracy", "concept_accuracy",
                 "category_accuracy_best", "concept_accuracy_best", "category_agreement", "mean_best_auroc")
-
-
-def auroc_matrix(activations: np.ndarray, presence: np.ndarray) -> np.ndarray:
-    """(n_units, n_concepts) AUROC of each unit's activation for each concept (Mann-Whitney, ties averaged).
-
-    activations: (n_images, n_units); presence: (n_images, n_concepts) bool. NaN where a concept is
-    always or never present.
-    """
-    act = np.asarray(activations, dtype=np.float64)
-    y = np.asarray(presence, dtype=np.float64)
-    ranks = rankdata(act, axis=0)  # (n, U)
-    n_pos = y.sum(axis=0)  # (K,)
-    n_neg = y.shape[0] - n_pos
-    rank_sum = ranks.T @ y  # (U, K)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    auc[:, (n_pos == 0) | (n_neg == 0)] = np.nan
-    return auc
 
 
 def best_concepts(auc: np.ndarray, concepts: Sequence[str]) -> pd.DataFrame:
@@ -160,7 +142,6 @@ def probe_aurocs(features: np.ndarray, presence: np.ndarray, train: np.ndarray, 
     an upper reference for a single unit. NaN where a concept has one class only in train or in test.
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
 
     X = np.asarray(features, dtype=np.float64)
     y = np.asarray(presence, dtype=bool)
@@ -176,7 +157,7 @@ def probe_aurocs(features: np.ndarray, presence: np.ndarray, train: np.ndarray, 
         if ytr.all() or not ytr.any() or yte.all() or not yte.any():
             continue
         clf = LogisticRegression(C=C, max_iter=5000).fit(Xs[train], ytr)
-        out[j] = roc_auc_score(yte, clf.decision_function(Xs[test]))
+        out[j] = auroc(yte, clf.decision_function(Xs[test]))
     return out
 
 

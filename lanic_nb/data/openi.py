@@ -3,7 +3,7 @@
 The reports ship in torchxrayvision's wheel (NLMCXR_reports.tgz, 3,955 reports, CC BY-NC-ND 4.0: read at
 run time, never copied into this project). Their manual MeSH "major" headings give an independent check
 of the report labeler: ``labeler_agreement_with_mesh`` measures, per finding, how often the two agree.
-``lanic_nb.data.read_openi`` turns the same reports into a manifest.
+``lanic_nb.data.readers.read_openi`` turns the same reports into a manifest.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def mesh_labels(mesh_major: pd.Series, mapping: dict[str, tuple[str, ...]] = MES
 def label_texts(texts: pd.Series, labeler: Callable[[str], dict] | None = None) -> pd.DataFrame:
     """Run the report labeler over ``texts``: one float32 column per finding, 1 / 0 / -1 / NaN."""
     if labeler is None:
-        from lanic_nb.labeler import label_report as labeler
+        from lanic_nb.data.labeler import label_report as labeler
     rows = [labeler(t) for t in texts.fillna("").astype(str)]
     return pd.DataFrame(
         {f: [np.nan if r.get(f) is None else float(r[f]) for r in rows] for f in FINDINGS},

@@ -5,7 +5,7 @@ ReLU sparse autoencoder (L2 + L1) on the embeddings, and ask what each dictionar
 genes its activation follows across tiles (Spearman with Benjamini-Hochberg FDR, on tiles paired with
 spatial expression) and which tissue types it separates (AUROC, on the phantom's planted truth).
 Independently trained SAEs agreeing on a feature is the paper's robustness check; here the SAE is an
-ensemble of members (``lanic_nb.transcoder`` with target = input) merged into patterns with a consistency.
+ensemble of members (``lanic_nb.transcoder.model`` with target = input) merged into patterns with a consistency.
 
 Encoders: ``load_vit_small`` reads a timm ViT-Small from a local weights file or the Hugging Face cache
 (never the network unless allowed); ``train_tile_encoder`` trains the embedded default, a small
@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 from torch import nn
-from tqdm.auto import tqdm
 
 from lanic_nb.checks import require_at_least_one
-from lanic_nb.encoders import EncoderUnavailable, hub_offline
+from lanic_nb.embed.encoders import EncoderUnavailable, hub_offline
+from lanic_nb.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class TileEncoder(nn.Module):
         self.eval()
         device = self.mean.device
         out = []
-        for s in tqdm(range(0, len(tiles), batch_size), desc="embed tiles", disable=not progress):
+        for s in progress_bar(range(0, len(tiles), batch_size), desc="embed tiles", disable=not progress):
             x = torch.from_numpy(tiles[s : s + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255
             out.append(self(x).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
@@ -176,7 +176,7 @@ def train_tile_encoder(
     norm = TileEncoder(nn.Identity(), 32, (0.5,) * 3, (0.25,) * 3).to(device)  # same input scaling as at use
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr)
     rows = []
-    for epoch in tqdm(range(cfg.epochs), desc="tile encoder", disable=not progress):
+    for epoch in progress_bar(range(cfg.epochs), desc="tile encoder", disable=not progress):
         order = torch.randperm(len(x), generator=gen)
         total = 0.0
         for s in range(0, len(x), cfg.batch_size):
@@ -209,7 +209,7 @@ def train_sae(x: np.ndarray, device: str | torch.device = "cpu", progress: bool 
     ``config`` holds TranscoderConfig fields (d_dict, n_members, l1_coeff, steps, ...); activation defaults to
     "relu" as in the pathology paper. Returns (ensemble, training log).
     """
-    from lanic_nb.transcoder import TranscoderConfig, train_ensemble
+    from lanic_nb.transcoder.model import TranscoderConfig, train_ensemble
 
     config = {"activation": "relu", "l1_coeff": 1e-3, "k": 1} | config
     cfg = TranscoderConfig(d_in=x.shape[1], d_out=x.shape[1], **config)
@@ -218,7 +218,7 @@ def train_sae(x: np.ndarray, device: str | torch.device = "cpu", progress: bool 
 
 def sae_features(ensemble, x: np.ndarray, sim_threshold: float = 0.8, min_consistency: float = 0.5):
     """Merge the members' latents into features; return (PatternSet, activations (n, n_features))."""
-    from lanic_nb.patterns import MergeConfig, latent_alive, merge_latents, pattern_activations
+    from lanic_nb.patterns.merge import MergeConfig, latent_alive, merge_latents, pattern_activations
 
     xt = torch.from_numpy(np.asarray(x, np.float32))
     alive = latent_alive(ensemble, xt)
@@ -291,7 +291,7 @@ def top_gene_per_feature(table: pd.DataFrame, q_max: float = 0.05) -> pd.DataFra
 
 def morphology_aurocs(activations: np.ndarray, truth: pd.DataFrame, tissues, present_at: float = 0.3) -> pd.DataFrame:
     """(n_features, n_tissues) AUROC of each feature for "tissue covers >= present_at of the tile" (evaluation)."""
-    from lanic_nb.monosemanticity import auroc_matrix
+    from lanic_nb.metrics import auroc_matrix
 
     presence = np.stack([truth[t].to_numpy() >= present_at for t in tissues], axis=1)
     return pd.DataFrame(auroc_matrix(activations, presence), columns=list(tissues))
