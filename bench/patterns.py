@@ -7,11 +7,17 @@ any all-pairs merge would repeat ~100 times. Wall time depends on what else runs
 the merge's CPU time is printed beside it.
 """
 
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from lanic_nb.patterns.merge import MergeConfig, merge_latents, plant_codes, plant_decoders
+from lanic_nb.patterns.merge import MergeConfig, merge_latents
+
+# The planted-pattern fixtures are test helpers (the library never ships them): borrow them from tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from planted_helpers import plant_codes, plant_decoders  # noqa: E402
 
 N, D_DICT, D_OUT, N_TRUE, N_ROWS = 100, 4096, 256, 5000, 2048
 

@@ -27,6 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from lanic_nb.checks import require_at_least_one
+from lanic_nb.embed.store import load_embedded
 from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.metrics import auprc, auroc, bootstrap_metric, mean_auroc
@@ -272,22 +273,13 @@ class StageData:
 
 
 def load_stage_data(run_dir: str | Path) -> StageData:
-    """Read the embedding store and manifest of a run (the only place this stage touches them)."""
-    from lanic_nb.embed.store import EmbeddingStore
-    from lanic_nb.io import read_table
-    from lanic_nb.rundir import RunDir
-
-    rd = RunDir(Path(run_dir))
-    store = EmbeddingStore.open(rd.embed)
-    manifest = read_table(rd.manifest)
-    if len(manifest) != len(store.image):
-        raise ValueError(f"manifest has {len(manifest)} rows, the embedding store {len(store.image)}")
-    ok = store.ok & np.isfinite(np.asarray(store.image)).all(1)
+    """The run's readable rows: embeddings, labels and splits (the only place this stage touches them)."""
+    emb = load_embedded(run_dir)
     return StageData(
-        X=np.asarray(store.image[ok], dtype=np.float32),
-        Y=manifest.loc[ok, list(FINDINGS)].to_numpy(dtype=np.float32),
-        split=manifest.loc[ok, "split"].astype(str).to_numpy(),
-        image_id=manifest.loc[ok, "image_id"].astype(str).to_numpy(),
+        X=emb.x,
+        Y=emb.manifest[list(FINDINGS)].to_numpy(dtype=np.float32),
+        split=emb.manifest["split"].astype(str).to_numpy(),
+        image_id=emb.image_ids,
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lanic_nb.io import read_table
+from lanic_nb.io import read_json, read_table
 from lanic_nb.rundir import RunDir
 
 GROUND_TRUTH_COLUMNS = ("image_id", "concept", "category", "present", "side", "severity")
@@ -62,3 +62,23 @@ def load_tile_truth(folder: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"no tile truth at {path}: only the pathology phantom has planted truth")
     return read_table(path)
+
+
+def planted_shortcut(run_dir: str | Path) -> tuple[str, str] | None:
+    """(concept, finding) of the shortcut the phantom planted in a run, read from its ``data/meta.json``.
+
+    The phantom writes its config there (``shortcut_concept``, ``shortcut_finding``); a run that plants
+    none, or a real dataset, gives None.
+    """
+    path = RunDir(Path(run_dir)).data / "meta.json"
+    cfg = read_json(path).get("config", {}) if path.exists() else {}
+    concept, finding = cfg.get("shortcut_concept"), cfg.get("shortcut_finding")
+    return (str(concept), str(finding)) if concept and finding else None
+
+
+def finding_concept(finding: str) -> str:
+    """The planted concept of a classified finding: its name in snake case ("Pleural Effusion" -> "pleural_effusion").
+
+    That is how the phantom names the concept it plants for each finding; the truth table's columns use it.
+    """
+    return finding.strip().lower().replace(" ", "_")

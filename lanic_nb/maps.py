@@ -6,7 +6,8 @@ what the map shows is which patterns (or images) form neighbourhoods, and whethe
 pattern's category or an image's finding, follows those neighbourhoods.
 
 Each map is written twice beside its coordinates table: a PNG for reports, and a self-contained HTML page
-(inline SVG, no network) whose points show what they are on hover.
+(inline SVG, no network) whose points show what they are on hover. ``run_maps`` (the stage of notebook 05)
+makes both maps of a run and writes all of it under ``patterns/maps/``.
 """
 
 from __future__ import annotations
@@ -14,15 +15,24 @@ from __future__ import annotations
 import html
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from sklearn.manifold import trustworthiness as sk_trustworthiness
 
-from lanic_nb.concepts.annotate import CATEGORIES
-from lanic_nb.io import atomic_path
+from lanic_nb.checks import require_at_least_one
+from lanic_nb.concepts.vocabulary import CATEGORIES
+from lanic_nb.embed.store import load_embedded
+from lanic_nb.gallery.data import label_text  # the gallery's wording of labels, so both views say the same
+from lanic_nb.io import atomic_path, read_table, write_figure, write_table
+from lanic_nb.manifest import FINDINGS
+from lanic_nb.patterns.merge import PatternSet
+from lanic_nb.rundir import RunDir, record_metrics
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +65,7 @@ def umap_coords(
     return reducer.fit_transform(x)
 
 
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
-
-
-def plot_pattern_map(coords: np.ndarray, categories: Sequence[str], consistency: np.ndarray, path: str | Path) -> Path:
+def plot_pattern_map(coords: np.ndarray, categories: Sequence[str], consistency: np.ndarray) -> Figure:
     """Two panels: patterns coloured by annotated category, and by consistency across members."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
     cats = np.asarray([c if c in CATEGORY_COLORS else "" for c in categories])
@@ -78,10 +81,10 @@ def plot_pattern_map(coords: np.ndarray, categories: Sequence[str], consistency:
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    return _save(fig, Path(path))
+    return fig
 
 
-def plot_image_map(coords: np.ndarray, labels: pd.DataFrame, path: str | Path) -> Path:
+def plot_image_map(coords: np.ndarray, labels: pd.DataFrame) -> Figure:
     """One panel per finding: images coloured positive / negative / uncertain-or-missing."""
     n = labels.shape[1]
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False)
@@ -94,7 +97,14 @@ def plot_image_map(coords: np.ndarray, labels: pd.DataFrame, path: str | Path) -
         ax.set_title(col, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    return _save(fig, Path(path))
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write a map figure as PNG (atomically) and close it."""
+    write_figure(path, fig)
+    plt.close(fig)
+    return Path(path)
 
 
 def subsample(n: int, max_rows: int, seed: int = 0) -> np.ndarray:
@@ -106,10 +116,10 @@ def subsample(n: int, max_rows: int, seed: int = 0) -> np.ndarray:
 
 def trustworthiness(x: np.ndarray, coords: np.ndarray, n_neighbors: int = 5) -> float:
     """How far map neighbours are true (cosine) neighbours, in [0, 1] (scikit-learn's trustworthiness)."""
-    from sklearn.manifold import trustworthiness as tw
-
     k = min(n_neighbors, len(x) // 2 - 1)  # scikit-learn requires n_neighbors < n / 2
-    return float(tw(np.asarray(x), coords, n_neighbors=k, metric="cosine")) if k >= 1 else float("nan")
+    if k < 1:
+        return float("nan")
+    return float(sk_trustworthiness(np.asarray(x), coords, n_neighbors=k, metric="cosine"))
 
 
 # ---------------------------------------------------------------- interactive HTML maps
@@ -187,10 +197,6 @@ def pattern_tooltip(row: Mapping) -> str:
 
 def image_tooltip(image_id: str, labels: Mapping[str, float]) -> str:
     """Hover text of one image: its id, then each finding's report label."""
-    from lanic_nb.gallery.data import (
-        label_text,  # the gallery's wording of labels, so both views say the same
-    )
-
     return "\n".join([f"image {image_id}", *(f"{f}: {label_text(v)}" for f, v in labels.items())])
 
 
@@ -268,3 +274,104 @@ def image_map_html(coords: np.ndarray, image_ids: Sequence[str], labels: pd.Data
     tips = [image_tooltip(i, r) for i, r in zip(ids, sub.to_dict("records"), strict=True)]
     page = map_page("Image map (UMAP of image embeddings)", note, np.asarray(coords)[rows], ids, tips, views)
     return _write_page(page, Path(path))
+
+
+# ---------------------------------------------------------------- the stage (notebook 05)
+
+
+@dataclass
+class MapsConfig:
+    """Parameters of the maps stage (notebook 05)."""
+
+    device: str = "auto"
+    """Accepted for a uniform stage interface; UMAP runs on the CPU whatever it says."""
+    n_neighbors: int = 15
+    """UMAP neighbourhood size (small: local structure; large: global structure)."""
+    min_dist: float = 0.1
+    """How tightly UMAP packs neighbours on the page."""
+    max_images: int = 3000
+    """Images mapped (a seeded random subset above this)."""
+    max_html_points: int = 5000
+    """Points per interactive HTML map (a seeded random subset above this keeps the file small)."""
+    seed: int = 0
+    """Seeds UMAP and the subsets."""
+
+    def __post_init__(self) -> None:
+        require_at_least_one(self, ("max_images", "max_html_points"))
+        if self.n_neighbors < 2:
+            raise ValueError(f"n_neighbors must be >= 2, got {self.n_neighbors}")
+        if not self.min_dist >= 0:
+            raise ValueError(f"min_dist must be >= 0, got {self.min_dist}")
+
+
+@dataclass
+class MapsResult:
+    """What notebook 05 shows: both maps' coordinates and colourings, the files written, the metrics."""
+
+    pattern_coords: pd.DataFrame  # pattern_id, x, y (as written to pattern_coords.parquet)
+    categories: list[str]  # annotated category per pattern ("" when none)
+    consistency: np.ndarray  # (n_patterns,) fraction of members holding the pattern
+    image_coords: pd.DataFrame  # image_id, x, y (as written to image_coords.parquet)
+    image_labels: pd.DataFrame  # (n_images_mapped, findings) report labels, rows as image_coords
+    files: dict[str, Path] = field(default_factory=dict)  # pattern_png, image_png, pattern_html, image_html, ...
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def pattern_xy(self) -> np.ndarray:
+        return self.pattern_coords[["x", "y"]].to_numpy()
+
+    @property
+    def image_xy(self) -> np.ndarray:
+        return self.image_coords[["x", "y"]].to_numpy()
+
+
+def run_maps(run_dir: str | Path, config: MapsConfig) -> MapsResult:
+    """Map the run's patterns (decoder directions) and images (embeddings) with UMAP.
+
+    Reads patterns/ (directions, patterns.parquet) and the embedding store; writes into patterns/maps/ the
+    PNG, coordinates table and HTML page of each map, and metrics/05_maps.json.
+    """
+    cfg = config
+    rd = RunDir(Path(run_dir))
+    out = rd.patterns / "maps"
+    ps = PatternSet.load(rd.patterns)
+    table = read_table(rd.patterns / "patterns.parquet")
+    if len(table) != ps.n_patterns:
+        raise ValueError(f"patterns.parquet has {len(table)} rows, the pattern set {ps.n_patterns}: re-run 04")
+    emb = load_embedded(rd.root)
+
+    directions = ps.directions.numpy()
+    pat_xy = umap_coords(directions, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, seed=cfg.seed)
+    categories = table["category"].fillna("").astype(str).tolist() if "category" in table else [""] * len(table)
+    consistency = ps.consistency.numpy()
+    pat_coords = coords_table(table["pattern_id"], pat_xy, "pattern_id")
+    files = {
+        "pattern_png": save_figure(plot_pattern_map(pat_xy, categories, consistency), out / "patterns.png"),
+        "pattern_coords": write_table(out / "pattern_coords.parquet", pat_coords),
+        "pattern_html": pattern_map_html(pat_xy, table, out / "patterns.html", max_points=cfg.max_html_points,
+                                         seed=cfg.seed),
+    }
+
+    rows = subsample(len(emb.x), cfg.max_images, cfg.seed)
+    x = emb.x[rows]
+    img_xy = umap_coords(x, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, seed=cfg.seed)
+    ids = emb.image_ids[rows]
+    labels = emb.manifest.loc[rows, list(FINDINGS)].reset_index(drop=True)
+    img_coords = coords_table(ids, img_xy, "image_id")
+    files |= {
+        "image_png": save_figure(plot_image_map(img_xy, labels), out / "images.png"),
+        "image_coords": write_table(out / "image_coords.parquet", img_coords),
+        "image_html": image_map_html(img_xy, ids, labels, out / "images.html", max_points=cfg.max_html_points,
+                                     seed=cfg.seed),
+    }
+
+    metrics = {
+        "n_patterns_mapped": len(pat_xy),
+        "n_images_mapped": len(img_xy),
+        "pattern_map_trustworthiness": trustworthiness(directions, pat_xy),
+        "image_map_trustworthiness": trustworthiness(x, img_xy),
+    }
+    record_metrics(rd.root, "05_maps", metrics)
+    log.info("mapped %d patterns (trustworthiness %.2f) and %d images (%.2f)", metrics["n_patterns_mapped"],
+             metrics["pattern_map_trustworthiness"], metrics["n_images_mapped"], metrics["image_map_trustworthiness"])
+    return MapsResult(pat_coords, categories, consistency, img_coords, labels, files, metrics)

@@ -18,7 +18,8 @@ def _name(req: str) -> str:
 def test_environment_yml_matches_pyproject():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     declared = {_name(r) for r in pyproject["project"]["dependencies"]}
-    declared |= {_name(r) for r in pyproject["project"]["optional-dependencies"]["dev"]}
+    for extra in ("dev", "pathology"):  # the extras `make` installs
+        declared |= {_name(r) for r in pyproject["project"]["optional-dependencies"][extra]}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     listed = {_name(r) for r in pip_section if not r.startswith("-e")}

@@ -5,16 +5,16 @@ activation is within 7% of the neuron's range from its maximum, so a rare-class 
 frequent one many (this adaptive count is its class-imbalance correction). Each concept is scored by the
 vision-language model's image-text similarity to "A chest x-ray image of a {concept}" minus the similarity
 to the bare template, summed over those images; concepts within beta = 0.95 of the best are kept.
+A unit's category is the score-weighted vote of its concepts. The vocabulary comes from
+``lanic_nb.concepts.vocabulary``; ``lanic_nb.concepts.space`` builds it together with the similarities.
 
-The vocabulary is ``data/concepts.csv`` (concept, category, "|"-separated synonyms) extended by noun
-phrases mined from the dataset's reports. A unit's category is the score-weighted vote of its concepts.
+Label-free checks for real data live here too: ``mention_matrix`` (which reports mention a concept without
+negation) and ``report_purity`` (how much a unit's top images' reports agree on one concept).
 """
 
 from __future__ import annotations
 
-import logging
 import re
-import tarfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,52 +24,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-log = logging.getLogger(__name__)
+from lanic_nb.concepts.mining import split_sentences
+from lanic_nb.concepts.vocabulary import normalize_name
+from lanic_nb.embed.encoders import LOCAL_PREFIX, load_encoder
 
-CATEGORIES: tuple[str, ...] = ("cardiac", "pulmonary", "pleural", "structural", "device", "artifact")
-VOCABULARY_CSV = Path(__file__).resolve().parent.parent / "resources" / "concepts.csv"
 TEMPLATE = "A chest x-ray image of a {}"
-
-# Words that end or split a noun phrase: English function words (scikit-learn's stop list: prepositions,
-# pronouns, determiners, "over", "further", "due"...), plus report verbs, hedges and section labels.
-_BREAK = set(ENGLISH_STOP_WORDS) | set(
-    """vs versus xxxx seen noted identified present demonstrated visualized shown appear appears appearing
-    unchanged stable compared comparison prior previous possible possibly likely probable suggest suggests
-    suggesting consistent represent represents representing concerning evidence limits remain remains remained
-    interval change changes improved worsened increased decreased persistent persists given terminates terminate
-    terminating projects project projecting overlies overlie extends extend courses measures measuring shows
-    demonstrate demonstrates demonstrating including include includes reveal reveals revealed recommend
-    recommended consider considered correlate correlation correlative reflect reflects reflecting consists consist
-    followup follow-up question questionable history status post known result results unless exclude excluded
-    examination findings impression indication technique near somewhat""".split()
-)
-# Qualifiers stripped from the front of a phrase: "small left pleural effusion" -> "pleural effusion"; a phrase
-# with one anywhere inside ("calcified right hilar node") is a located variant, not a concept of its own.
-_QUALIFIERS = set(
-    """normal abnormal clear mild mildly moderate moderately severe small large tiny minimal minor trace left
-    right bilateral bilaterally unilateral upper lower middle new old acute chronic focal diffuse patchy
-    slight slightly borderline top significant definite obvious apparent residual subtle marked markedly
-    well grossly overall partially partial likely""".split()
-)
-# Words that are never a concept phrase on their own (report boilerplate, positions, "in place").
-_NOT_HEAD = set(
-    """size disease abnormality abnormalities findings finding process patient view views exam examination
-    area areas space spaces tip unremarkable intact active visible suspicious prominent frontal lateral
-    radiographic appearance evaluation study image images film films region regions portion aspect level
-    configuration contour contours limits position place impression radiograph age zone""".split()
-)
-# Heads of phrases that name the examination itself.
-_EXAM = set("radiograph radiographs film films view views study exam examination image images x-ray".split())
-# Adjectives the suffix rule of ``_is_head`` misses: they modify a head, they never are one.
-_ADJECTIVES = set(
-    """hilar lobar bony soft low free mid dense sharp vague overt streaky hazy cloudy fluffy multiple
-    posterior anterior superior inferior median subclavian retrocardiac basilar bibasilar apical cardio
-    negative positive various greater helpful multilevel age-indeterminate""".split()
-)
-_ADJ_SUFFIX = ("al", "ic", "ac", "ous", "ary", "ive", "ble", "ar", "ior", "ian")
-_TOKEN = re.compile(r"[a-z][a-z\-]*")
 
 
 @dataclass
@@ -109,227 +69,11 @@ class AnnotationConfig:
             raise ValueError(f"category_beta must be in (0, 1], got {self.category_beta}")
 
 
-# ---------------------------------------------------------------------------------------------- vocabulary
-
-
-def load_vocabulary(path: str | Path = VOCABULARY_CSV) -> pd.DataFrame:
-    """The concept table: concept, category, synonyms (a list of strings)."""
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = {"concept", "category", "synonyms"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: vocabulary is missing columns {sorted(missing)}")
-    bad = sorted(set(df["category"]) - set(CATEGORIES) - {""})
-    if bad:
-        raise ValueError(f"{path}: category must be one of {CATEGORIES} (or empty); found {bad}")
-    df["concept"] = df["concept"].str.strip().str.lower()
-    df["synonyms"] = [[s.strip().lower() for s in v.split("|") if s.strip()] for v in df["synonyms"]]
-    return df.drop_duplicates("concept").reset_index(drop=True)
-
-
-def _normalize(name: str) -> str:
-    return " ".join(_TOKEN.findall(name.lower().replace("_", " ").replace("-", " ")))
-
-
-def match_concept(name: str, vocab: pd.DataFrame) -> str | None:
-    """The vocabulary concept a free name refers to (exact name or synonym, else best word overlap)."""
-    key = _normalize(name)
-    for concept, syns in zip(vocab["concept"], vocab["synonyms"], strict=True):
-        if key == _normalize(concept) or key in {_normalize(s) for s in syns}:
-            return concept
-    words = set(key.split())
-    best, best_score = None, 0.0
-    for concept in vocab["concept"]:
-        cw = set(_normalize(concept).split())
-        score = len(words & cw) / len(words | cw) if cw else 0.0
-        if score > best_score:
-            best, best_score = concept, score
-    return best if best_score >= 0.5 else None
-
-
-def infer_category(phrase: str, vocab: pd.DataFrame) -> str:
-    """Category of a mined phrase: vote of vocabulary entries sharing its words ("" when none does)."""
-    words = set(_normalize(phrase).split()) - _QUALIFIERS
-    votes: Counter[str] = Counter()
-    for concept, cat, syns in zip(vocab["concept"], vocab["category"], vocab["synonyms"], strict=True):
-        for text in (concept, *syns):
-            votes[cat] += len(words & set(_normalize(text).split()))
-    if not votes or max(votes.values()) == 0:
-        return ""
-    return votes.most_common(1)[0][0]
-
-
-def _singular(name: str) -> str:
-    # Word-wise singular of a normalized name, so "flattened diaphragms" meets the synonym "flattened diaphragm".
-    words = _normalize(name).split()
-    return " ".join(w[:-3] + "y" if w.endswith("ies") else w[:-1] if w.endswith("s") and not w.endswith(("ss", "us", "is"))
-                    else w for w in words)
-
-
-def _contained_owner(key: str, owner: dict[str, int]) -> int | None:
-    """The known concept a qualified variant names: the longest known name ending the phrase ("mid lung
-    consolidation" -> consolidation), else the longest inside it ("cardiac pacemaker device" -> pacemaker)."""
-    words = key.split()
-    spans = [(e == len(words), e - s, " ".join(words[s:e]))  # (ends the phrase, length, sub-phrase)
-             for s in range(len(words)) for e in range(s + 1, len(words) + 1) if e - s < len(words)]
-    for _, _, sub in sorted(spans, reverse=True):
-        if owner.get(sub, -1) >= 0:
-            return owner[sub]
-    return None
-
-
-def extend_vocabulary(vocab: pd.DataFrame, phrases: pd.DataFrame, max_new: int = 200) -> pd.DataFrame:
-    """Add mined phrases (most frequent first) as new concepts, unless they name a known one.
-
-    A phrase that is a known concept or synonym up to plurals, that ``match_concept`` maps to a known concept
-    ("lung consolidation" -> consolidation), or that holds a known name ("apical pneumothorax"), becomes a
-    synonym of that concept instead of a rival concept with the same meaning (which would split the concept's
-    score and make a right name count as wrong).
-    """
-    syns = [list(s) for s in vocab["synonyms"]]
-    owner: dict[str, int] = {}
-    for i, (concept, names) in enumerate(zip(vocab["concept"], syns, strict=True)):
-        for name in (concept, *names):
-            owner.setdefault(_singular(name), i)
-    index_of = {c: i for i, c in enumerate(vocab["concept"])}
-    rows = []
-    for phrase in phrases.sort_values("count", ascending=False)["phrase"]:
-        key = _singular(phrase)
-        i = owner.get(key)
-        if i is None and key not in owner and " " in key:  # a lone word ("leads") is too vague to match fuzzily
-            i = index_of.get(match_concept(phrase, vocab))
-            i = _contained_owner(key, owner) if i is None else i
-        if i is not None and i >= 0:
-            if phrase != vocab["concept"].iloc[i] and phrase not in syns[i]:
-                syns[i].append(phrase)
-            continue
-        if key in owner or len(rows) >= max_new:
-            continue
-        owner[key] = -1  # a new concept: later variants of it are dropped, not added twice
-        rows.append({"concept": phrase, "category": infer_category(phrase, vocab), "synonyms": [], "mined": True})
-    out = vocab.assign(synonyms=syns, mined=False)
-    return pd.concat([out, pd.DataFrame(rows, columns=out.columns)], ignore_index=True) if rows else out
-
-
-# ------------------------------------------------------------------------------------------ report mining
-
-
-def split_sentences(text: str) -> list[str]:
-    """Report prose -> sentences (on . ; ! ? and line breaks; decimals kept)."""
-    parts = re.split(r"(?<!\d)[.;!?](?!\d)|\n+", text or "")
-    return [p.strip() for p in parts if p.strip()]
-
-
-def _chunks(sentence: str) -> Iterable[list[str]]:
-    """Runs of content words between break words and punctuation."""
-    for piece in re.split(r"[,:()/\"]", sentence.lower()):
-        run: list[str] = []
-        for tok in _TOKEN.findall(piece):
-            if tok in _BREAK or len(tok) < 3 or "xxxx" in tok:  # "XXXX" is the IU reports' redaction
-                if run:
-                    yield run
-                run = []
-            else:
-                run.append(tok)
-        if run:
-            yield run
-
-
-def _is_qualifier(word: str) -> bool:
-    return word in _QUALIFIERS or word.startswith(("left-", "right-"))  # "left-sided", "right-sided"
-
-
-def _is_head(word: str) -> bool:
-    # A noun-phrase head is rarely a qualifier, an -ly adverb, an -ed/-ing participle ("enlarged", "seen") or
-    # an adjective ("hilar", or a long word with an adjective suffix: "pleural", "cardiac", "osseous"; "scar"
-    # is short and survives).
-    if _is_qualifier(word) or word in _ADJECTIVES or word.endswith(("ly", "ed", "ing")):
-        return False
-    return not (len(word) > 5 and word.endswith(_ADJ_SUFFIX))
-
-
-def _singular_word(word: str) -> str:
-    # "opacities" -> "opacity", "pneumothoraces" -> "pneumothorax", "masses" -> "mass", "effusions" -> "effusion"
-    for suffix, repl in (("ies", "y"), ("aces", "ax"), ("sses", "ss"), ("s", "")):
-        if word.endswith(suffix) and not word.endswith(("ss", "us", "is")):
-            return word[: -len(suffix)] + repl
-    return word
-
-
-def mine_noun_phrases(
-    reports: Iterable[str], min_count: int = 5, max_words: int = 3, fragment_share: float = 0.9
-) -> pd.DataFrame:
-    """Frequent noun phrases of report text: (phrase, count), most frequent first.
-
-    POS-free heuristic: split sentences at function words (scikit-learn's English stop list), negations,
-    verbs and hedges; inside each run of content words, every n-gram (n <= max_words) that ends on a noun-like
-    head, holds no qualifier and starts on neither a qualifier nor an -ing participle is a candidate. Plurals
-    are folded into the singular when it occurs too. A phrase seen inside one longer candidate in at least
-    ``fragment_share`` of its reports is a fragment of it ("vena cava" of "superior vena cava") and is dropped,
-    and so is a phrase that names the examination ("chest radiograph", "lateral view"), not what it shows.
-    """
-    counts: Counter[str] = Counter()
-    for report in reports:
-        seen: set[str] = set()  # count a phrase once per report (document frequency)
-        for sentence in split_sentences(report):
-            for run in _chunks(sentence):
-                for end in range(len(run)):
-                    if not _is_head(run[end]):
-                        continue
-                    for start in range(end, max(0, end - max_words + 1) - 1, -1):
-                        if _is_qualifier(run[start]):
-                            break  # longer n-grams would hold the qualifier too
-                        if run[start].endswith("ing"):
-                            continue  # "overlying ecg leads" -> "ecg leads"
-                        seen.add(" ".join(run[start : end + 1]))
-        counts.update(seen)
-    for phrase in list(counts):  # fold plurals into a singular that occurs too: "effusions" counts as "effusion"
-        *mods, head = phrase.split()
-        single = " ".join([*mods, _singular_word(head)])
-        if single != phrase and single in counts:
-            counts[single] += counts.pop(phrase)
-    inside: Counter[str] = Counter()  # the count of the most frequent longer phrase holding each phrase
-    for phrase, c in counts.items():
-        words = phrase.split()
-        for n in range(1, len(words)):
-            for s in range(len(words) - n + 1):
-                sub = " ".join(words[s : s + n])
-                inside[sub] = max(inside[sub], c)
-    rows = [
-        (p, c) for p, c in counts.items()
-        if c >= min_count and inside[p] < fragment_share * c and p not in _NOT_HEAD and p.split()[-1] not in _EXAM
-    ]
-    df = pd.DataFrame(rows, columns=["phrase", "count"])
-    return df.sort_values(["count", "phrase"], ascending=[False, True]).reset_index(drop=True)
-
-
-def iu_reports_path() -> Path:
-    """The Indiana University reports archive that torchxrayvision ships (read at run time, never copied)."""
-    import torchxrayvision
-
-    return Path(torchxrayvision.__file__).parent / "data" / "NLMCXR_reports.tgz"
-
-
-def read_iu_reports(path: str | Path | None = None) -> list[str]:
-    """FINDINGS + IMPRESSION text of each of the 3,955 Indiana University reports (CC BY-NC-ND 4.0)."""
-    path = Path(path) if path else iu_reports_path()
-    out = []
-    pattern = re.compile(r'<AbstractText Label="(FINDINGS|IMPRESSION)">(.*?)</AbstractText>', re.S)
-    with tarfile.open(path, "r:gz") as tar:
-        for member in tar:
-            if not member.isfile() or not member.name.endswith(".xml"):
-                continue
-            xml = tar.extractfile(member).read().decode("utf-8", errors="replace")
-            out.append(" ".join(text for _, text in pattern.findall(xml)))
-    return out
-
-
 # ------------------------------------------------------------------------------------ text-side scoring
 
 
 def load_text_encoder(store, name: str = ""):
     """The VLM whose text tower names the units: ``name``, else the encoder the embedding store was made with."""
-    from lanic_nb.embed.encoders import LOCAL_PREFIX, load_encoder
-
     name = name or store.header["encoder"]
     if name.startswith(LOCAL_PREFIX) and not Path(name[len(LOCAL_PREFIX) :]).exists():
         name = LOCAL_PREFIX + str(Path(store.path).parent / "clip")  # the run folder moved: use its own clip/
@@ -361,7 +105,7 @@ def embed_concepts(
 def prompt_names(vocab: pd.DataFrame, known_text: Iterable[str] | None = None) -> list[list[str]]:
     """Per concept, the names whose prompts are averaged: the concept and its synonyms, restricted to those
     occurring (as whole words, plural too) in ``known_text`` when given, all of them when none occurs."""
-    seen = " " + " . ".join(_normalize(t) for t in known_text) + " " if known_text is not None else None
+    seen = " " + " . ".join(normalize_name(t) for t in known_text) + " " if known_text is not None else None
     out = []
     for concept, syns in zip(vocab["concept"], vocab["synonyms"], strict=True):
         names = [concept, *syns]
@@ -371,7 +115,7 @@ def prompt_names(vocab: pd.DataFrame, known_text: Iterable[str] | None = None) -
 
 def _occurs(name: str, text: str) -> bool:
     # ``text`` is normalized and space-padded: a whole-word match (plural too) is a plain substring test.
-    key = _normalize(name)
+    key = normalize_name(name)
     return bool(key) and (f" {key} " in text or f" {key}s " in text)
 
 
@@ -464,12 +208,12 @@ def mention_matrix(reports: Sequence[str], vocab: pd.DataFrame) -> np.ndarray:
     """(n_reports, n_concepts) bool: the concept (or a synonym) is mentioned in a sentence without a negation
     or hedge cue. Crude on purpose: it needs no labeler, so it works on any report text."""
     patterns = [
-        re.compile(r"\b(" + "|".join(re.escape(_normalize(t)) for t in (c, *s) if _normalize(t)) + r")s?\b")
+        re.compile(r"\b(" + "|".join(re.escape(normalize_name(t)) for t in (c, *s) if normalize_name(t)) + r")s?\b")
         for c, s in zip(vocab["concept"], vocab["synonyms"], strict=True)
     ]
     out = np.zeros((len(reports), len(vocab)), dtype=bool)
     for i, report in enumerate(reports):
-        text = " . ".join(_normalize(s) for s in split_sentences(report) if not _NEGATION.search(s.lower()))
+        text = " . ".join(normalize_name(s) for s in split_sentences(report) if not _NEGATION.search(s.lower()))
         for c, pat in enumerate(patterns):
             out[i, c] = bool(pat.search(text))
     return out

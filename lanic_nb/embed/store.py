@@ -256,3 +256,39 @@ def embed_manifest(
         log.warning("%d of %d images could not be read (see %s)", len(header["errors"]), n,
                     folder / "status.parquet")
     return EmbeddingStore.open(folder)
+
+
+@dataclass
+class EmbeddedRows:
+    """The readable images of a run (or of one split), row-aligned with their manifest rows.
+
+    The one place that decides which rows later stages use: a row is used when its embedding was written
+    ("ok" in the store's status) and is finite.
+    """
+
+    store: EmbeddingStore
+    manifest: pd.DataFrame  # the used rows of the manifest, in embedding order, index reset
+    rows: np.ndarray  # (n,) row of each in the full manifest / store
+    x: np.ndarray  # (n, d_in) float32 image embeddings
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        return self.manifest["image_id"].astype(str).to_numpy()
+
+
+def load_embedded(run_dir: str | Path, split: str | None = None, max_images: int | None = None) -> EmbeddedRows:
+    """Open a run's embedding store and manifest and keep the readable rows (of ``split`` if given)."""
+    rd = RunDir(Path(run_dir))
+    store = EmbeddingStore.open(rd.embed)
+    manifest = read_table(rd.manifest)
+    if len(manifest) != len(store.ok):
+        raise ValueError(f"manifest has {len(manifest)} rows, the embedding store {len(store.ok)}: "
+                         "re-run the embed stage for this manifest")
+    keep = store.ok & np.isfinite(np.asarray(store.image)).all(1)
+    if split is not None:
+        keep &= (manifest["split"].astype(str) == split).to_numpy()
+    rows = np.flatnonzero(keep)[:max_images]
+    if len(rows) == 0:
+        raise ValueError(f"no readable images{f' in split {split!r}' if split else ''} in {rd.root}")
+    return EmbeddedRows(store=store, manifest=manifest.iloc[rows].reset_index(drop=True), rows=rows,
+                        x=np.asarray(store.image[rows], dtype=np.float32))

@@ -12,8 +12,8 @@ MIMIC-CXR) and must not be shared beyond it.
 
 from __future__ import annotations
 
-import html
 import logging
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +25,12 @@ from lanic_nb.gallery.data import (
     describe_pattern,
     explanation,
     histogram_png,
-    pattern_info_html,
-    probabilities_html,
     ranked_patterns,
     thumbnail_png,
     top_images,
     waterfall_terms,
 )
+from lanic_nb.gallery.widgets import pattern_info_html, probabilities_html
 from lanic_nb.io import atomic_path
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.rundir import RunDir
@@ -72,19 +71,15 @@ window.addEventListener('load', function () {
 """
 
 
-def _esc(s) -> str:
-    return html.escape(str(s))
-
-
 def _img(png: bytes, cls: str, alt: str) -> str:
-    return f"<img class='{cls}' src='{b64(png)}' alt='{_esc(alt)}'>" if png else f"<span>{_esc(alt)}: unreadable</span>"
+    return f"<img class='{cls}' src='{b64(png)}' alt='{escape(str(alt))}'>" if png else f"<span>{escape(str(alt))}: unreadable</span>"
 
 
 def image_card(data: GalleryData, i: int, n_top: int = 5) -> tuple[str, set[int]]:
     """HTML of one image's explanations; returns it and the pattern ids it links to."""
     linked: set[int] = set()
-    parts = [f"<div class='card image-card' id='image-{_esc(data.image_ids[i])}'>",
-             f"<h3>{_esc(data.image_ids[i])}</h3><div class='row'><div class='left'>",
+    parts = [f"<div class='card image-card' id='image-{escape(str(data.image_ids[i]))}'>",
+             f"<h3>{escape(str(data.image_ids[i]))}</h3><div class='row'><div class='left'>",
              _img(thumbnail_png(str(data.image_paths[i]), 160), "big", data.image_ids[i]),
              probabilities_html(data, i), "</div><div class='right'>"]
     for c, f in enumerate(FINDINGS):
@@ -92,7 +87,7 @@ def image_card(data: GalleryData, i: int, n_top: int = 5) -> tuple[str, set[int]
         scale = max(float(np.abs(terms["value"]).max()), 1e-9)
         rows = []
         for term, v, p in terms.itertuples(index=False):
-            name = _esc(term)
+            name = escape(term)
             if p >= 0:
                 linked.add(int(p))
                 name = f"<a class='pattern-link' href='#pattern-{p}'>{name}</a>"
@@ -103,7 +98,7 @@ def image_card(data: GalleryData, i: int, n_top: int = 5) -> tuple[str, set[int]
         parts.append(f"<details{' open' if c == int(np.argmax(data.probabilities[i])) else ''}><summary>{f}: "
                      f"p = {data.probabilities[i, c]:.2f}, logit {logit:+.2f}</summary>"
                      f"<table class='wf'>{''.join(rows)}</table>"
-                     f"<p class='explanation'>{_esc(explanation(data, i, c, n_top))}</p></details>")
+                     f"<p class='explanation'>{escape(explanation(data, i, c, n_top))}</p></details>")
     parts.append("</div></div></div>")
     return "".join(parts), linked
 
@@ -116,8 +111,8 @@ def pattern_card(data: GalleryData, p: int, n_images: int = 8) -> str:
     d = describe_pattern(data, p)
     cat = d["category"] or "uncategorized"
     names = ", ".join(n for n, _ in d["concepts"]) or "no concept"
-    return (f"<div class='card pattern-card' id='pattern-{p}' data-category='{_esc(cat)}'>"
-            f"<h3>Pattern {p} &middot; {_esc(cat)} &middot; {_esc(names)}</h3>"
+    return (f"<div class='card pattern-card' id='pattern-{p}' data-category='{escape(cat)}'>"
+            f"<h3>Pattern {p} &middot; {escape(cat)} &middot; {escape(names)}</h3>"
             f"<div class='row'><div class='grid'>{figs}</div>{_img(histogram_png(data, p), 'hist', f'histogram {p}')}"
             f"</div>{pattern_info_html(data, p)}</div>")
 
@@ -152,9 +147,9 @@ def render_html(data: GalleryData, n_images: int = 12, n_patterns: int = 30, n_t
     note = ("" if data.is_phantom else "<p class='note'>Contains images of a real dataset: patient data under its "
             "data-use agreement. Do not share beyond it.</p>")
     nav = " ".join(f"<a href='#pattern-{p}'>{p}</a>" for p in pats)
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1>{note}"
-            f"<p>Dataset: {_esc(data.dataset)}; {len(chosen)} of {data.n_images} explained images shown; each logit = sum of pattern "
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1>{note}"
+            f"<p>Dataset: {escape(data.dataset)}; {len(chosen)} of {data.n_images} explained images shown; each logit = sum of pattern "
             "contributions + unassigned latents + bias + reconstruction error (exactly).</p>"
             f"<h2 id='images'>Per-image explanations</h2>{''.join(cards)}"
             f"<h2 id='patterns'>Pattern galleries</h2><p class='nav'>Patterns: {nav}</p>{''.join(pcards)}"

@@ -22,12 +22,19 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from scipy.stats import rankdata
+from scipy.stats import t as student_t
 from torch import nn
 
 from lanic_nb.checks import require_at_least_one
 from lanic_nb.embed.encoders import EncoderUnavailable, hub_offline
+from lanic_nb.metrics import auroc_matrix
+from lanic_nb.pathology.extras import import_extra
+from lanic_nb.patterns.merge import MergeConfig, merge_latents
+from lanic_nb.patterns.units import latent_alive, pattern_activations
 from lanic_nb.progress import progress as progress_bar
+from lanic_nb.transcoder.model import TranscoderConfig, train_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +82,7 @@ def load_vit_small(
     for ``model_name``, or ``"hf-hub:org/repo"`` read from the Hugging Face cache. Offline (the default) a
     missing cache fails at once with EncoderUnavailable naming the model.
     """
-    import timm
-
+    timm = import_extra("timm")  # the pathology extra; only this encoder path needs it
     src = str(path_or_name)
     if src.startswith("hf-hub:"):
         try:
@@ -96,8 +102,6 @@ def load_vit_small(
                                      "local .safetensors file or an 'hf-hub:org/repo' name.")
         backbone = timm.create_model(model_name, pretrained=False, num_classes=0)
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -209,8 +213,6 @@ def train_sae(x: np.ndarray, device: str | torch.device = "cpu", progress: bool 
     ``config`` holds TranscoderConfig fields (d_dict, n_members, l1_coeff, steps, ...); activation defaults to
     "relu" as in the pathology paper. Returns (ensemble, training log).
     """
-    from lanic_nb.transcoder.model import TranscoderConfig, train_ensemble
-
     config = {"activation": "relu", "l1_coeff": 1e-3, "k": 1} | config
     cfg = TranscoderConfig(d_in=x.shape[1], d_out=x.shape[1], **config)
     return train_ensemble(cfg, x, x, device, progress=progress)
@@ -218,8 +220,6 @@ def train_sae(x: np.ndarray, device: str | torch.device = "cpu", progress: bool 
 
 def sae_features(ensemble, x: np.ndarray, sim_threshold: float = 0.8, min_consistency: float = 0.5):
     """Merge the members' latents into features; return (PatternSet, activations (n, n_features))."""
-    from lanic_nb.patterns.merge import MergeConfig, latent_alive, merge_latents, pattern_activations
-
     xt = torch.from_numpy(np.asarray(x, np.float32))
     alive = latent_alive(ensemble, xt)
     ps = merge_latents(ensemble.W_dec, MergeConfig(sim_threshold=sim_threshold, min_consistency=min_consistency),
@@ -250,8 +250,6 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
 
 def spearman_matrix(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Spearman rho and two-sided p (t approximation, as scipy) of every column of a (n, F) with b (n, G)."""
-    from scipy.stats import t as student_t
-
     n = a.shape[0]
     ra = rankdata(a, axis=0)
     rb = rankdata(b, axis=0)
@@ -291,8 +289,6 @@ def top_gene_per_feature(table: pd.DataFrame, q_max: float = 0.05) -> pd.DataFra
 
 def morphology_aurocs(activations: np.ndarray, truth: pd.DataFrame, tissues, present_at: float = 0.3) -> pd.DataFrame:
     """(n_features, n_tissues) AUROC of each feature for "tissue covers >= present_at of the tile" (evaluation)."""
-    from lanic_nb.metrics import auroc_matrix
-
     presence = np.stack([truth[t].to_numpy() >= present_at for t in tissues], axis=1)
     return pd.DataFrame(auroc_matrix(activations, presence), columns=list(tissues))
 

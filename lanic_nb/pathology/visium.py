@@ -24,6 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
+from scipy import sparse
+from scipy.io import mmwrite
+
+from lanic_nb.io import atomic_path
+from lanic_nb.pathology.extras import import_extra
 
 POSITION_COLUMNS = ("barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres")
 H5_NAME = "filtered_feature_bc_matrix.h5"
@@ -47,9 +53,7 @@ def read_visium(folder: str | Path, library_id: str | None = None, load_images: 
 
     Only spots present in the count matrix are kept (the filtered matrix holds in-tissue spots).
     """
-    import scanpy as sc
-    from PIL import Image
-
+    sc = import_extra("scanpy")  # the pathology extra (scanpy brings anndata)
     folder = Path(folder)
     if (folder / H5_NAME).exists():
         adata = sc.read_10x_h5(folder / H5_NAME)
@@ -81,8 +85,6 @@ def read_visium(folder: str | Path, library_id: str | None = None, load_images: 
 
 def spot_tiles(adata, size: int = 32, res: str = "hires", diameter_scale: float = 1.0) -> np.ndarray:
     """(n_spots, size, size, 3) uint8 crops of the tissue image centred on each spot, one spot diameter wide."""
-    from PIL import Image
-
     (entry,) = adata.uns["spatial"].values()
     img = entry["images"][res]
     sf = entry["scalefactors"]
@@ -103,18 +105,15 @@ def write_visium(
 ) -> Path:
     """Write a Space Ranger-style ``outs/`` folder: counts (n_spots, n_genes) int, positions with
     POSITION_COLUMNS (one row per barcode; more rows allowed), image (H, W, 3) uint8 as the hires image
-    (and a 4x smaller lowres one). ``h5`` picks the 10x HDF5 matrix (schema v3) or the mtx folder."""
-    from PIL import Image
-    from scipy import sparse
-
+    (and a 4x smaller lowres one). ``h5`` picks the 10x HDF5 matrix (schema v3) or the mtx folder. Each file
+    is written atomically (temp file, then rename)."""
     folder = Path(folder)
     spatial = folder / "spatial"
     spatial.mkdir(parents=True, exist_ok=True)
     csc = sparse.csc_matrix(np.asarray(counts, np.int32).T)  # (genes, spots): 10x stores features x barcodes
     if h5:
-        import h5py
-
-        with h5py.File(folder / H5_NAME, "w") as f:
+        h5py = import_extra("h5py")
+        with atomic_path(folder / H5_NAME, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
             f.attrs["library_ids"] = np.array([folder.resolve().name.encode()])
             m = f.create_group("matrix")
             m["barcodes"] = np.array([b.encode() for b in barcodes])
@@ -127,25 +126,23 @@ def write_visium(
             feat["genome"] = np.array([b"GRCh38"] * len(genes))
             feat["_all_tag_keys"] = np.array([b"genome"])
     else:
-        from scipy.io import mmwrite
-
         mtx = folder / MTX_DIR
-        mtx.mkdir(parents=True, exist_ok=True)
-        with gzip.open(mtx / "matrix.mtx.gz", "wb") as f:
+        with atomic_path(mtx / "matrix.mtx.gz", suffix=".gz") as tmp, gzip.open(tmp, "wb") as f:
             mmwrite(f, sparse.coo_matrix(csc))
-        with gzip.open(mtx / "barcodes.tsv.gz", "wt") as f:
+        with atomic_path(mtx / "barcodes.tsv.gz", suffix=".gz") as tmp, gzip.open(tmp, "wt") as f:
             f.write("".join(b + "\n" for b in barcodes))
-        with gzip.open(mtx / "features.tsv.gz", "wt") as f:
+        with atomic_path(mtx / "features.tsv.gz", suffix=".gz") as tmp, gzip.open(tmp, "wt") as f:
             f.write("".join(f"ENSG{i:011d}\t{g}\tGene Expression\n" for i, g in enumerate(genes)))
     pos = positions[list(POSITION_COLUMNS)]
-    if new_positions:
-        pos.to_csv(spatial / "tissue_positions.csv", index=False)
-    else:
-        pos.to_csv(spatial / "tissue_positions_list.csv", index=False, header=False)
-    (spatial / "scalefactors_json.json").write_text(json.dumps(scalefactors))
-    Image.fromarray(image).save(spatial / "tissue_hires_image.png")
+    name = "tissue_positions.csv" if new_positions else "tissue_positions_list.csv"
+    with atomic_path(spatial / name, suffix=".csv") as tmp:
+        pos.to_csv(tmp, index=False, header=new_positions)
+    with atomic_path(spatial / "scalefactors_json.json", suffix=".json") as tmp:
+        tmp.write_text(json.dumps(scalefactors))
     lo = Image.fromarray(image).resize((max(1, image.shape[1] // 4), max(1, image.shape[0] // 4)))
-    lo.save(spatial / "tissue_lowres_image.png")
+    for res, img in (("hires", Image.fromarray(image)), ("lowres", lo)):
+        with atomic_path(spatial / f"tissue_{res}_image.png", suffix=".png") as tmp:
+            img.save(tmp, format="PNG")
     return folder
 
 
@@ -157,8 +154,6 @@ def tiles_to_visium(
 
     The full-resolution image is the tile mosaic; the hires image is it scaled by ``hires_scale``.
     """
-    from PIL import Image
-
     s = tiles.shape[1]
     n_r, n_c = int(rows.max()) + 1, int(cols.max()) + 1
     mosaic = np.zeros((n_r * s, n_c * s, 3), np.uint8)

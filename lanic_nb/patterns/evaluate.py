@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
+from sklearn.linear_model import LogisticRegression
 
-from lanic_nb.concepts.annotate import match_concept
+from lanic_nb.concepts.vocabulary import match_concept
 from lanic_nb.evaluation import concept_categories, ground_truth_matrix, load_ground_truth
 from lanic_nb.io import write_table
 from lanic_nb.metrics import auroc, auroc_matrix
-from lanic_nb.patterns.merge import rows_per_batch
 from lanic_nb.rundir import RunDir
 
 EVALUATION_CSV = "evaluation.csv"
@@ -141,8 +140,6 @@ def probe_aurocs(features: np.ndarray, presence: np.ndarray, train: np.ndarray, 
     scored on the ``test`` rows: how well *any* linear read-out of this representation finds the concept,
     an upper reference for a single unit. NaN where a concept has one class only in train or in test.
     """
-    from sklearn.linear_model import LogisticRegression
-
     X = np.asarray(features, dtype=np.float64)
     y = np.asarray(presence, dtype=bool)
     train, test = np.asarray(train, dtype=bool), np.asarray(test, dtype=bool)
@@ -203,18 +200,6 @@ def recovery_by_concept(
         table["in_reach"] = (table[probes].fillna(0.0) >= recover_at).any(axis=1)
     write_table(RunDir(Path(run_dir)).patterns / RECOVERY_CSV, table)
     return table
-
-
-def baseline_units(ensemble, x: torch.Tensor, member: int = 0) -> dict[str, np.ndarray]:
-    """Activations of the two comparison unit sets on ``x`` (n, d_in): one member's latents, and the raw
-    embedding dimensions taken with both signs (a dimension may encode a concept by going negative)."""
-    device, step = next(ensemble.parameters()).device, rows_per_batch(ensemble)
-    with torch.no_grad():
-        z = np.concatenate(
-            [ensemble.encode(x[s : s + step].to(device).float())[member].cpu().numpy() for s in range(0, len(x), step)]
-        ) if len(x) else np.zeros((0, ensemble.cfg.d_dict), np.float32)
-    xn = x.float().cpu().numpy()
-    return {"single transcoder": z, "embedding dims": np.concatenate([xn, -xn], axis=1)}
 
 
 def headline_metrics(evaluation: pd.DataFrame, main: str = "ensemble patterns") -> dict[str, float]:

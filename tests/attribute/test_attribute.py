@@ -1,44 +1,39 @@
-"""Exact attribution, faithfulness and the shortcut check on tiny random models (real classes)."""
+"""Exact attribution, faithfulness, the shortcut check and the stage on tiny models and runs (real classes)."""
 
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from attribution_helpers import config_defaults, make_tiny_run, tiny_models, tiny_patterns
+from stage_helpers import notebook_parameters, small_config
 
-from lanic_nb.attribute import (
+from lanic_nb.attribute.core import (
+    Attribution,
     attribute,
     attribution_table,
-    deletion_test,
-    insertion_curves,
     patterns_for_mass,
-    plot_insertion,
     summary_table,
-    top_pattern_hits,
 )
-from lanic_nb.classify import ClassifierConfig, DiagnosticClassifier
+from lanic_nb.attribute.faithfulness import deletion_test, insertion_curves
+from lanic_nb.attribute.plots import plot_insertion
+from lanic_nb.attribute.shortcut import shortcut_check, top_pattern_hits
+from lanic_nb.attribute.stage import AttributionConfig, load_run, run_attribution
+from lanic_nb.evaluation import finding_concept, ground_truth_matrix, load_ground_truth, planted_shortcut
+from lanic_nb.io import read_table
+from lanic_nb.manifest import FINDINGS
 from lanic_nb.metrics import unit_aurocs
-from lanic_nb.patterns.merge import MergeConfig, PatternSet, pattern_activations
-from lanic_nb.transcoder.model import TranscoderConfig, TranscoderEnsemble
+from lanic_nb.patterns.merge import MergeConfig, PatternSet
+from lanic_nb.patterns.units import pattern_activations
+from lanic_nb.phantom.generate import FINDING_TO_CONCEPT, PhantomConfig, make_phantom_dataset
+from lanic_nb.rundir import RunDir, load_metrics
 
-
-def tiny_models(d_in=12, hidden=10, d_dict=24, n_members=3, k=5, activation="topk", seed=0):
-    """A random classifier and ensemble with every bias non-zero, so a dropped term shows."""
-    g = torch.Generator().manual_seed(seed)
-    clf = DiagnosticClassifier(ClassifierConfig(d_in=d_in, hidden=hidden, dropout=0.5))
-    ens = TranscoderEnsemble(TranscoderConfig(d_in=d_in, d_out=hidden, d_dict=d_dict, n_members=n_members, k=k,
-                                              activation=activation, seed=seed))
-    with torch.no_grad():
-        for p in list(clf.parameters()) + list(ens.parameters()):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return clf.eval(), ens.eval()
-
-
-def tiny_patterns(n_members, d_dict, n_patterns, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    lp = torch.randint(-1, n_patterns, (n_members, d_dict), generator=g)
-    lp[:, :n_patterns] = torch.arange(n_patterns)  # every pattern has members
-    return lp
+METRIC_KEYS = {"n_images", "n_patterns", "identity_max_error", "patterns_for_90", "deletion_k", "deletion_ratio",
+               "deletion_ratio_min", "shortcut", "shortcut_share"}
+ARTIFACTS = ("contributions.parquet", "summary.parquet", "patterns_for_90.parquet", "patterns_for_90.png",
+             "deletion.parquet", "insertion.parquet", "insertion.png")
 
 
 @pytest.mark.parametrize("activation", ["topk", "relu"])
@@ -162,34 +157,10 @@ def test_tables():
     assert np.allclose(total, s["logit"], atol=1e-8)
 
 
-@pytest.mark.notebook
-def test_notebook_06_attribution(small_run):
-    from lanic_nb.manifest import FINDINGS
-    from lanic_nb.rundir import RunDir, load_metrics
-
-    run = small_run.until("06")
-    m = load_metrics(run, "06_attribution")
-    assert m["identity_max_error"] < 1e-5
-    assert set(m["deletion_ratio"]) == set(FINDINGS)
-    assert all(r > 1 for r in m["deletion_ratio"].values())  # the demo's target is 5 at k = 5
-    for q in m["patterns_for_90"].values():
-        assert 1 <= q["q25"] <= q["median"] <= q["q75"] <= m["n_patterns"]
-    if m["shortcut"] is not None:  # the phantom plants one
-        assert m["shortcut"]["pattern_auroc"] > 0.5 and 0 <= m["shortcut_share"] <= 1
-    att = RunDir(run).attribution
-    for name in ("contributions.parquet", "summary.parquet", "deletion.parquet", "insertion.png",
-                 "patterns_for_90.png"):
-        assert (att / name).stat().st_size > 0
-
-
 def test_shortcut_check_on_a_phantom(tmp_path):
-    from lanic_nb.attribute import Attribution, shortcut_check
-    from lanic_nb.evaluation import ground_truth_matrix, load_ground_truth
-    from lanic_nb.manifest import FINDINGS
-    from lanic_nb.phantom.generate import FINDING_TO_CONCEPT, PhantomConfig, make_phantom_dataset
-
     cfg = PhantomConfig(n_images=60, image_size=32, shortcut_strength=0.9, shortcut_base=0.1)
     ids = make_phantom_dataset(tmp_path, cfg)["image_id"].astype(str).to_numpy()
+    assert planted_shortcut(tmp_path) == (cfg.shortcut_concept, cfg.shortcut_finding)
     truth = ground_truth_matrix(load_ground_truth(tmp_path), ids)
     marker = truth[cfg.shortcut_concept].to_numpy(float)
     n, n_pat, c = len(ids), 12, FINDINGS.index(cfg.shortcut_finding)
@@ -204,3 +175,97 @@ def test_shortcut_check_on_a_phantom(tmp_path):
     assert res["pattern"] == 7 and res["pattern_auroc"] > 0.95 and res["finding"] == cfg.shortcut_finding
     assert res["n_positive_with_concept"] > 0 and res["share_with_concept"] == 1.0
     assert res["n_positive"] == int(truth[FINDING_TO_CONCEPT[cfg.shortcut_finding]].sum())
+
+
+def test_the_shortcut_is_read_from_the_runs_data(tmp_path):
+    # The evaluation module names each finding's planted concept as the phantom does.
+    assert all(finding_concept(f) == FINDING_TO_CONCEPT[f] for f in FINDINGS)
+    make_phantom_dataset(tmp_path, PhantomConfig(n_images=20, image_size=32, shortcut_concept=""))
+    assert planted_shortcut(tmp_path) is None
+    attr = Attribution(torch.zeros(20, 3, 5), torch.zeros(20, 5), torch.zeros(5), torch.zeros(20, 5),
+                       torch.zeros(20, 5), torch.zeros(20, 3))
+    assert shortcut_check(tmp_path, attr, np.arange(20)) is None
+    assert planted_shortcut(tmp_path / "no_run") is None
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def test_config_fields_are_the_notebooks_parameters():
+    assert config_defaults(AttributionConfig) == {k: v for k, v in notebook_parameters("06_attribution").items() if k != "run_dir"}
+    for bad in (dict(mass=0.0), dict(k=0), dict(n_random=0), dict(split="training"), dict(max_images=0),
+                dict(insertion_ks=[]), dict(insertion_ks=[-1, 2]), dict(shortcut_top=0), dict(top_table=0)):
+        name = next(iter(bad))
+        with pytest.raises(ValueError, match=name):
+            AttributionConfig(**bad)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("tiny_run"))
+
+
+def test_run_attribution_writes_exact_tables(tiny_run, tmp_path):
+    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
+    cfg = AttributionConfig(device="cpu", n_random=2, top_table=3, insertion_ks=[0, 1, 100])
+    res = run_attribution(run_dir, cfg)
+    att = RunDir(run_dir).attribution
+    assert all((att / name).stat().st_size > 0 for name in ARTIFACTS)
+    # The summary's terms add up to the classifier's own logits.
+    run = load_run(run_dir, "test")
+    with torch.no_grad():
+        logits = run.classifier(run.x).double().numpy()  # (n, 5)
+    s = read_table(att / "summary.parquet")
+    assert len(s) == 5 * len(run.rows) == 5 * res.metrics["n_images"]
+    s = s.set_index(["image_id", "finding"]).loc[[(i, f) for i in res.image_ids for f in FINDINGS]]
+    assert np.allclose(s[["patterns", "other", "bias", "error"]].sum(1), s["logit"], atol=1e-8)
+    assert np.allclose(s["logit"].to_numpy().reshape(-1, 5), logits, atol=1e-5)
+    # The contributions table keeps the top_table largest |contribution| of each image and finding.
+    t = read_table(att / "contributions.parquet")
+    n_pat = res.n_patterns
+    assert n_pat > 3 and len(t) == len(run.rows) * 5 * 3
+    first = t[(t.image_id == res.image_ids[1]) & (t.finding == "Edema") & (t["rank"] == 1)].iloc[0]
+    assert abs(first.contribution) == pytest.approx(float(res.attribution.contributions[1, :, 3].abs().max()))
+    # Insertion at k = all patterns is the logit without the other latents and the error.
+    ins = read_table(att / "insertion.parquet")
+    full = ins[(ins.k == n_pat) & (ins.order == "top")].set_index("finding")["mean_logit"]
+    expect = (res.attribution.logits - res.attribution.other - res.attribution.error).mean(0).numpy()
+    assert np.allclose(full[list(FINDINGS)].to_numpy(), expect, atol=1e-8)
+    m = load_metrics(run_dir, "06_attribution")
+    assert set(m) == METRIC_KEYS and m["n_images"] == len(run.rows)
+    assert m["identity_max_error"] < 1e-5 and m["n_patterns"] == n_pat and m["deletion_k"] == 5
+    assert set(m["deletion_ratio"]) == set(FINDINGS) and m["shortcut"] is None and m["shortcut_share"] is None
+    assert m["deletion_ratio_min"] == pytest.approx(min(m["deletion_ratio"].values()))
+    assert res.terms.index.tolist() == sorted(FINDINGS) and (res.terms >= 0).all().all()
+
+
+@pytest.mark.notebook
+def test_run_attribution_on_the_small_phantom_run(small_run, tmp_path):
+    run_dir = shutil.copytree(small_run.until("04"), tmp_path / "run")
+    cfg = small_config(AttributionConfig, "06_attribution")
+    res = run_attribution(run_dir, cfg)
+    m = load_metrics(run_dir, "06_attribution")
+    assert set(m) == METRIC_KEYS and m["identity_max_error"] < 1e-5
+    assert m["n_images"] == len(res.image_ids) and m["n_patterns"] == res.n_patterns > 0
+    assert all(r > 1 for r in m["deletion_ratio"].values())  # the top patterns matter more than random ones
+    sc = m["shortcut"]
+    assert (sc["concept"], sc["finding"]) == (PhantomConfig.shortcut_concept, PhantomConfig.shortcut_finding)
+    assert sc["pattern_auroc"] > 0.5 and m["shortcut_share"] == sc["share"]
+    hits = sc["share"] * sc["n_positive"]  # a share of the positive images
+    assert sc["n_positive"] > 0 and abs(hits - round(hits)) < 1e-9
+
+
+@pytest.mark.notebook
+def test_notebook_06_attribution(small_run):
+    run = small_run.until("06")
+    m = load_metrics(run, "06_attribution")
+    assert set(m) == METRIC_KEYS and m["identity_max_error"] < 1e-5
+    assert set(m["deletion_ratio"]) == set(FINDINGS)
+    assert all(r > 1 for r in m["deletion_ratio"].values())  # the demo's target is 5 at k = 5
+    for q in m["patterns_for_90"].values():
+        assert 1 <= q["q25"] <= q["median"] <= q["q75"] <= m["n_patterns"]
+    assert m["shortcut"]["concept"] == PhantomConfig.shortcut_concept and m["shortcut"]["pattern_auroc"] > 0.5
+    att = RunDir(run).attribution
+    assert all((att / name).stat().st_size > 0 for name in ARTIFACTS)
+    per_logit = read_table(att / "contributions.parquet").groupby(["image_id", "finding"]).size()
+    assert len(per_logit) == 5 * m["n_images"] and (per_logit == min(20, m["n_patterns"])).all()  # top_table

@@ -1,4 +1,4 @@
-"""Neuron annotation (MAMMI + two baselines): hook capture, naming planted concepts, the notebook."""
+"""Neuron annotation (MAMMI + two baselines): hook capture, the CNN, naming planted concepts, evaluation."""
 
 from __future__ import annotations
 
@@ -9,15 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from lanic_nb.concepts.annotate import AnnotationConfig
-from lanic_nb.mammi import (
-    CNNConfig,
-    FindingCNN,
-    annotate_neurons,
-    capture_activations,
-    evaluate_annotations,
-    image_batches,
-    train_cnn,
-)
+from lanic_nb.mammi.annotate import annotate_neurons, clip_dissect_scores, topk_mean_scores
+from lanic_nb.mammi.cnn import CNNConfig, FindingCNN, capture_activations, image_batches, train_cnn
+from lanic_nb.mammi.evaluate import ceiling_metrics, evaluate_annotations, flat_metrics, vlm_ceiling
+from lanic_nb.metrics import auroc
 
 
 def tiny_cnn(**kw) -> FindingCNN:
@@ -59,8 +54,6 @@ def test_cnn_learns_a_bright_blob():
     model, log = train_cnn(imgs, y, CNNConfig(image_size=16, channels=(4, 8), hidden=8, epochs=15, lr=1e-2),
                            progress=False)
     act = capture_activations(model, "fc2", image_batches(imgs, 16))[:, 0]
-    from lanic_nb.metrics import auroc
-
     assert auroc(y[:, 0], act) > 0.95 and log.loss.iloc[-1] < log.loss.iloc[0]
 
 
@@ -91,27 +84,7 @@ def test_every_method_names_the_planted_concept():
         assert per_unit[f"{m}_auroc"][:3].min() > 0.95
 
 
-@pytest.mark.notebook
-def test_notebook_writes_the_neuron_table(small_run):
-    from lanic_nb.io import read_table
-    from lanic_nb.rundir import RunDir, load_metrics
-
-    run = small_run.until("08")
-    table = read_table(RunDir(run).stage("mammi") / "neurons.parquet")
-    assert {"mammi_concept", "clip_dissect_concept", "topk_mean_concept", "unit_set"} <= set(table.columns)
-    assert set(table.unit_set) == {"cnn last conv", "classifier hidden", "transcoder patterns"}
-    m = load_metrics(run, "08_mammi")
-    assert m["n_units"]["cnn last conv"] == 8  # small mode: cnn_channels [4, 8]
-    assert m["cnn_auroc"] is None or 0.0 <= m["cnn_auroc"] <= 1.0  # None when the tiny test split lacks a class
-    for unit_set in ("cnn_last_conv", "classifier_hidden", "transcoder_patterns"):
-        assert 0.5 <= m[f"mean_best_auroc_{unit_set}"] <= 1.0
-        for method in ("mammi", "clip_dissect", "topk_mean"):
-            assert 0.0 <= m[f"{method}_assigned_auroc_{unit_set}"] <= 1.0
-
-
 def test_vlm_ceiling_reads_each_planted_concepts_own_column():
-    from lanic_nb.mammi import ceiling_metrics, vlm_ceiling
-
     _, sim, vocab, truth = _planted_case()
     ceiling = vlm_ceiling(sim, truth, vocab)
     assert list(ceiling["concept"]) == ["pleural effusion", "pacemaker", "nodule"]
@@ -123,3 +96,24 @@ def test_vlm_ceiling_reads_each_planted_concepts_own_column():
     m = ceiling_metrics(ceiling)
     assert set(m["vlm_ceiling"]) == {"pleural_effusion", "pacemaker", "nodule"} and m["vlm_ceiling_mean"] > 0.9
     assert ceiling_metrics(None) == {}
+
+
+def test_baseline_scores_by_hand():
+    """topk_mean: mean centred similarity over the k top images; CLIP-Dissect: log p(t|unit) - log p(t)."""
+    act = np.array([[3.0], [2.0], [0.0], [1.0]])
+    sim = np.array([[0.4, 0.0], [0.2, 0.2], [0.0, 0.6], [0.2, 0.2]])
+    centred = sim - sim.mean(axis=0)
+    assert np.allclose(topk_mean_scores(act, sim, k=2), centred[[0, 1]].mean(axis=0))
+    p = np.exp(sim / 0.05) / np.exp(sim / 0.05).sum(axis=1, keepdims=True)
+    a = act[:, 0]
+    w = np.exp((a[[0, 1]] - 3.0) / 3.0 * 2)  # activation softmax of the top 2, range-normalized, sharpened by k
+    w /= w.sum()
+    expect = np.log(w @ p[[0, 1]]) - np.log(p.mean(axis=0))
+    assert np.allclose(clip_dissect_scores(act, sim, k=2), expect[None], atol=1e-9)
+
+
+def test_flat_metrics_suffix_every_figure_with_its_unit_set():
+    summary = pd.DataFrame({"unit_set": ["cnn last conv", "transcoder patterns"], "n_units": [8, 3],
+                            "mammi_assigned_auroc": [0.6, 0.9]})
+    assert flat_metrics(summary) == {"n_units_cnn_last_conv": 8.0, "mammi_assigned_auroc_cnn_last_conv": 0.6,
+                                     "n_units_transcoder_patterns": 3.0, "mammi_assigned_auroc_transcoder_patterns": 0.9}

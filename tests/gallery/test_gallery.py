@@ -1,9 +1,10 @@
-"""Explanations, ipywidgets views (built and driven headless) and the static HTML export."""
+"""Explanations, ipywidgets views (built and driven headless), the static HTML export and the stage."""
 
 from __future__ import annotations
 
 import logging
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,23 +12,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from attribution_helpers import config_defaults, make_tiny_run
 from conftest import CHROMIUM_FLAGS
 from PIL import Image
+from stage_helpers import notebook_parameters, small_config
 
-from lanic_nb.attribute import attribute
+from lanic_nb.attribute.core import attribute, patterns_for_mass
+from lanic_nb.attribute.faithfulness import deletion_test, insertion_curves
+from lanic_nb.attribute.stage import load_run
 from lanic_nb.classify import ClassifierConfig, DiagnosticClassifier
 from lanic_nb.explain import Annotator, PatternEvidence, explain_prediction, top_evidence
-from lanic_nb.gallery.data import (
-    GalleryData,
-    ImageView,
-    PatternGallery,
-    export_html,
-    gallery_app,
-    ranked_patterns,
-    top_sentences,
-    waterfall_terms,
-)
+from lanic_nb.gallery.data import GalleryData, label_text, ranked_patterns, top_sentences, waterfall_terms
+from lanic_nb.gallery.html import export_html
+from lanic_nb.gallery.stage import GalleryConfig, run_gallery
+from lanic_nb.gallery.widgets import ImageView, PatternGallery, gallery_app
 from lanic_nb.manifest import FINDINGS
+from lanic_nb.rundir import RunDir, load_metrics
 from lanic_nb.transcoder.model import TranscoderConfig, TranscoderEnsemble
 
 N_IMG, N_PAT = 14, 9
@@ -188,36 +188,10 @@ def test_gallery_renders_in_headless_chromium(tmp_path, chromium):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    """A run directory written by the real stages: manifest, embeddings, classifier, ensemble, patterns.
-
-    Weights are random (no training): this checks the wiring from files to views, not the science.
-    """
-    from embed_helpers import tiny_encoder, tiny_manifest
-
-    from lanic_nb.classify import save_classifier
-    from lanic_nb.embed.store import embed_manifest
-    from lanic_nb.patterns.merge import MergeConfig, merge_latents
-    from lanic_nb.rundir import RunDir
-
-    root = tmp_path_factory.mktemp("tiny_run")
-    rd = RunDir(root)
-    manifest = tiny_manifest(rd.data, n=12)
-    store = embed_manifest(root, tiny_encoder(root / "clip"), manifest, batch_size=4)
-    d_in = store.image.shape[1]
-    torch.manual_seed(0)
-    cfg = ClassifierConfig(d_in=d_in, hidden=8)
-    save_classifier(DiagnosticClassifier(cfg).eval(), cfg, rd.classifier)
-    ens = TranscoderEnsemble(TranscoderConfig(d_in=d_in, d_out=8, d_dict=16, n_members=3, k=4))
-    with torch.no_grad():
-        ens.W_dec.copy_(ens.W_dec[:1].expand_as(ens.W_dec) + 0.01 * torch.randn_like(ens.W_dec))
-    ens.save(rd.transcoders)
-    merge_latents(ens.W_dec.detach(), MergeConfig(sim_threshold=0.9, min_consistency=0.5)).save(rd.patterns)
-    return root
+    return make_tiny_run(tmp_path_factory.mktemp("tiny_run"))
 
 
 def test_gallery_from_a_run_directory(tiny_run):
-    from lanic_nb.attribute import load_run
-
     data = GalleryData.from_run(tiny_run, split="test")
     run = load_run(tiny_run, split="test")
     assert data.n_images == len(run.rows) == 4 and data.attribution.identity_error() < 1e-5
@@ -236,21 +210,8 @@ def test_gallery_from_a_run_directory(tiny_run):
 # ---------------------------------------------------------------- notebook
 
 
-@pytest.mark.notebook
-def test_notebook_07_gallery(small_run):
-    from lanic_nb.rundir import load_metrics
-
-    run = small_run.until("07")
-    m = load_metrics(run, "07_gallery")
-    page = (run / "gallery.html").read_text()
-    assert m["n_pattern_cards"] >= 1 and page.count("class='card pattern-card'") == m["n_pattern_cards"]
-    assert m["n_image_cards"] >= 1 and m["html_kb"] > 1
-
-
 def test_a_run_without_patterns_still_explains_and_exports(tmp_path):
     """Everything lands in 'unassigned latents'; nothing crashes, ratios are undefined (NaN)."""
-    from lanic_nb.attribute import deletion_test, insertion_curves, patterns_for_mass
-
     data = make_data(tmp_path)
     clf = DiagnosticClassifier(ClassifierConfig(d_in=10, hidden=8)).eval()
     ens = TranscoderEnsemble(TranscoderConfig(d_in=10, d_out=8, d_dict=20, n_members=3, k=6)).eval()
@@ -267,3 +228,69 @@ def test_a_run_without_patterns_still_explains_and_exports(tmp_path):
     assert app.gallery.pattern.value is None and not app.image_view.buttons.children
     page = export_html(tmp_path, tmp_path / "empty.html", data=empty, n_images=2).read_text()
     assert "class='card image-card'" in page and "class='card pattern-card'" not in page
+
+
+def test_one_html_escaper_everywhere(tmp_path):
+    data = make_data(tmp_path)
+    data.patterns.loc[0, "concept_1"] = "<b>bold & 'quoted'</b>"
+    data.sentences.loc[0, "text"] = "<script>alert(1)</script>"
+    page = export_html(tmp_path, tmp_path / "g.html", data=data, n_images=N_IMG, n_patterns=N_PAT).read_text()
+    assert "<b>bold" not in page and "&lt;b&gt;bold &amp; &#x27;quoted&#x27;&lt;/b&gt;" in page
+    assert "<script>alert" not in page
+    assert label_text(1.0) == "positive" and label_text(float("nan")) == "not mentioned"
+
+
+# ---------------------------------------------------------------- the stage
+
+
+METRIC_KEYS = {"n_images", "n_pattern_cards", "n_image_cards", "html_kb"}
+
+
+def test_gallery_config_fields_are_the_notebooks_parameters():
+    assert config_defaults(GalleryConfig) == {k: v for k, v in notebook_parameters("07_gallery").items() if k != "run_dir"}
+    for bad in (dict(split="all"), dict(max_images=0), dict(html_images=0), dict(html_patterns=-1),
+                dict(allow_patient_data="yes")):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            GalleryConfig(**bad)
+
+
+def test_run_gallery_guards_patient_data_and_records_metrics(tiny_run, tmp_path):
+    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
+    (run_dir / "gallery.html").unlink(missing_ok=True)  # another test exports into the shared tiny run
+    with pytest.raises(PermissionError, match="allow_patient_data"):
+        run_gallery(run_dir, GalleryConfig(device="cpu"))  # the tiny dataset is not the phantom
+    assert not (run_dir / "gallery.html").exists() and not RunDir(run_dir).metrics_file("07_gallery").exists()
+    res = run_gallery(run_dir, GalleryConfig(device="cpu", html_images=3, html_patterns=2, allow_patient_data=True))
+    page = (run_dir / "gallery.html").read_text()
+    assert res.html_path == run_dir / "gallery.html" and "PATIENT DATA" not in page and "patient data" in page
+    m = load_metrics(run_dir, "07_gallery")
+    assert set(m) == METRIC_KEYS and m == res.metrics
+    assert m["n_images"] == res.data.n_images == 4 and m["n_image_cards"] == 3
+    cards = set(re.findall(r"id='pattern-(\d+)'", page))
+    assert m["n_pattern_cards"] == len(cards) >= 1 and m["html_kb"] == pytest.approx(len(page.encode()) / 1024)
+    assert set(re.findall(r"href='#pattern-(\d+)'", page)) <= cards
+
+
+@pytest.mark.notebook
+def test_run_gallery_on_the_small_phantom_run(small_run, tmp_path):
+    run_dir = shutil.copytree(small_run.until("04"), tmp_path / "run")
+    cfg = small_config(GalleryConfig, "07_gallery")
+    res = run_gallery(run_dir, cfg)
+    page = res.html_path.read_text()
+    m = load_metrics(run_dir, "07_gallery")
+    assert res.data.is_phantom and "class='note'" not in page  # no patient-data warning on the phantom
+    assert m["n_images"] == len(load_run(run_dir, "test").rows) and m["n_image_cards"] == cfg.html_images
+    assert m["n_pattern_cards"] == len(set(re.findall(r"id='pattern-(\d+)'", page))) >= cfg.html_patterns
+    assert set(re.findall(r"href='#pattern-(\d+)'", page)) <= set(re.findall(r"id='pattern-(\d+)'", page))
+    app = gallery_app(res.data)
+    assert app.gallery.pattern.value is not None and app.image_view.buttons.children
+
+
+@pytest.mark.notebook
+def test_notebook_07_gallery(small_run):
+    run = small_run.until("07")
+    m = load_metrics(run, "07_gallery")
+    page = (run / "gallery.html").read_text()
+    assert set(m) == METRIC_KEYS and m["n_image_cards"] == 6 and page.count("class='card image-card'") == 6
+    assert m["n_pattern_cards"] >= 10 and page.count("class='card pattern-card'") == m["n_pattern_cards"]
+    assert m["html_kb"] == pytest.approx((run / "gallery.html").stat().st_size / 1024)

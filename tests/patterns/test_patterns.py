@@ -1,25 +1,24 @@
-"""Merging an ensemble's latents into patterns: joins, separations, exact consistency, activations."""
+"""Merging an ensemble's latents into patterns (planted decoders), and what a pattern does (units)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from planted_helpers import plant_codes, plant_decoders
 
 from lanic_nb.classify import ClassifierConfig, DiagnosticClassifier
 from lanic_nb.manifest import FINDINGS
-from lanic_nb.patterns.merge import (
-    MergeConfig,
-    PatternSet,
+from lanic_nb.patterns.merge import MergeConfig, PatternSet, merge_latents
+from lanic_nb.patterns.units import (
+    baseline_units,
     latent_alive,
     latent_codes,
     logit_effects,
-    merge_latents,
     pattern_activations,
     pattern_stats,
-    plant_codes,
-    plant_decoders,
 )
 from lanic_nb.transcoder.model import TranscoderConfig, TranscoderEnsemble
 
@@ -125,8 +124,6 @@ def test_same_direction_with_disjoint_activations_is_not_merged_when_codes_are_u
     assert ps.n_patterns == 2 and p[0] == p[1] and p[2] == p[3] and p[0] != p[2] and (p >= 0).all()
     assert torch.allclose(ps.consistency, torch.full((2,), 0.5))
     # Given as a sparse (n_members * d_dict, n_rows) matrix, the codes mean the same.
-    import scipy.sparse as sp
-
     flat = sp.csr_matrix(codes.permute(0, 2, 1).reshape(12, 20).numpy())
     assert torch.equal(merge_latents(W, cfg, codes=flat).latent_pattern, ps.latent_pattern)
 
@@ -186,69 +183,6 @@ def test_pattern_stats_and_logit_effects():
     assert np.allclose(eff.to_numpy(), expect.T.numpy(), atol=1e-6)
 
 
-def test_maps_write_pngs_without_umap(tmp_path):
-    """Tiny inputs take the PCA path (no numba compile); both plots are written as PNG files."""
-    import pandas as pd
-
-    from lanic_nb import maps
-
-    dirs = F.normalize(torch.randn(5, 8), dim=1).numpy()
-    xy = maps.umap_coords(dirs)
-    assert xy.shape == (5, 2) and np.isfinite(xy).all()
-    centered = dirs - dirs.mean(0)
-    assert np.allclose(np.abs(xy[:, 0]), np.abs(centered @ np.linalg.svd(centered)[2][0]), atol=1e-5)
-    p = maps.plot_pattern_map(xy, ["cardiac", "device", "", "pleural", "unknown"], np.linspace(0, 1, 5), tmp_path / "p.png")
-    labels = pd.DataFrame({"Edema": [1, 0, np.nan, -1, 1], "Cardiomegaly": [0, 0, 1, 1, 0]})
-    q = maps.plot_image_map(xy, labels, tmp_path / "i.png")
-    for f in (p, q):
-        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert list(maps.subsample(10, 4, seed=0)) == sorted(maps.subsample(10, 4, seed=0)) and len(maps.subsample(10, 4)) == 4
-
-
-@pytest.mark.notebook
-def test_notebook_04_patterns(small_run):
-    import pandas as pd
-
-    from lanic_nb.concepts.annotate import CATEGORIES
-    from lanic_nb.rundir import RunDir, load_metrics
-
-    run = small_run.until("04")
-    m = load_metrics(run, "04_patterns")
-    rd = RunDir(run)
-    ps = PatternSet.load(rd.patterns)
-    assert m["n_patterns"] == ps.n_patterns > 0
-    assert 0 < m["mean_consistency"] <= 1 and (ps.consistency >= ps.config.min_consistency - 1e-6).all()
-    assert m["n_concepts"] >= 150 and m["n_mined"] > 0
-    table = pd.read_parquet(rd.patterns / "patterns.parquet")
-    assert list(table["pattern_id"]) == list(range(ps.n_patterns))
-    assert set(table["category"].fillna("")) <= set(CATEGORIES) | {""}
-    ev = pd.read_csv(rd.patterns / "evaluation.csv").set_index("units")
-    assert list(ev.index) == ["ensemble patterns", "single transcoder", "embedding dims"]
-    assert ev.loc["ensemble patterns", "recovery"] == pytest.approx(m["recovery"])
-    for key in ("recovery", "recovery_single_transcoder", "recovery_embedding_dims"):
-        assert 0.0 <= m[key] <= 1.0
-    # Patterns are built from the classifier's features, so they carry signal about planted concepts.
-    assert ev.loc["ensemble patterns", "mean_best_auroc"] > 0.6
-    by = pd.read_csv(rd.patterns / "recovery_by_concept.csv").set_index("concept")
-    assert len(by) == 23 and by["recovered"].mean() == pytest.approx(m["recovery"])
-    assert by["probe_embedding"].ge(0.95).mean() == pytest.approx(m["probe_ceiling_embedding"])
-    assert by[["probe_embedding", "probe_classifier_hidden"]].stack().between(0, 1).all()
-    # Collimation (bright unexposed borders) is the phantom's coarsest concept: even the tiny test CLIP carries it.
-    assert by.loc["collimation", "probe_embedding"] > 0.95 and by.loc["collimation", "in_reach"]
-
-
-@pytest.mark.notebook
-def test_notebook_05_maps(small_run):
-    from lanic_nb.rundir import RunDir, load_metrics
-
-    run = small_run.until("05")
-    m = load_metrics(run, "05_maps")
-    assert m["n_patterns_mapped"] == load_metrics(run, "04_patterns")["n_patterns"]
-    assert m["n_images_mapped"] > 0 and m["image_map_trustworthiness"] > 0.7
-    for name in ("patterns.png", "images.png"):
-        assert (RunDir(run).patterns / "maps" / name).stat().st_size > 1000
-
-
 def test_no_alive_latents_gives_no_patterns():
     W, _ = plant_decoders(n_members=2, d_dict=4, d_out=8, n_true=2, seed=5)
     ps = merge_latents(W, MergeConfig(), alive=torch.zeros(2, 4, dtype=torch.bool))
@@ -271,3 +205,11 @@ def test_a_bridging_latent_does_not_chain_two_patterns():
     pa, pb = ps.latent_pattern[:, 0], ps.latent_pattern[:, 1]
     assert (pa == pa[0]).all() and (pb == pb[0]).all() and pa[0] != pb[0] and pa[0] >= 0 and pb[0] >= 0
     assert ps.n_patterns == 2 and int(ps.latent_pattern[0, 2]) == -1
+
+
+def test_baseline_units_are_one_members_codes_and_both_signs_of_the_embedding():
+    ens = _tiny_ensemble()
+    x = torch.randn(9, 8)
+    units = baseline_units(ens, x, member=1)
+    assert np.allclose(units["single transcoder"], ens.encode(x)[1].detach().numpy(), atol=1e-6)
+    assert np.array_equal(units["embedding dims"], np.concatenate([x.numpy(), -x.numpy()], axis=1))

@@ -1,14 +1,27 @@
-"""Pathology phantom, tile encoders, SAE feature-gene associations, and the Visium reader."""
+"""Pathology phantom, tile encoders, SAE feature-gene associations, the Visium reader, the stage
+(run_pathology) and its optional dependencies (the pathology extra)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+import timm  # the pathology extra (make installs it: .[dev,pathology])
 import torch
+from matplotlib.figure import Figure
+from safetensors.torch import save_file
+from scipy.stats import false_discovery_control, spearmanr
 
 from lanic_nb.embed.encoders import EncoderUnavailable
+from lanic_nb.evaluation import load_tile_truth
+from lanic_nb.io import read_table
 from lanic_nb.pathology import study as P
+from lanic_nb.pathology.extras import PATHOLOGY_EXTRA
 from lanic_nb.pathology.phantom import (
     GENES,
     TISSUES,
@@ -18,7 +31,17 @@ from lanic_nb.pathology.phantom import (
     make_tile_dataset,
     save_tile_dataset,
 )
+from lanic_nb.pathology.stage import (
+    REPORTED_GENES,
+    PathologyConfig,
+    plot_morphology_heatmap,
+    plot_tile_grid,
+    plot_tile_map,
+    run_pathology,
+)
 from lanic_nb.pathology.visium import POSITION_COLUMNS, read_visium, spot_tiles, tiles_to_visium, write_visium
+from lanic_nb.run_notebooks import NOTEBOOK_DIR, run_notebook
+from lanic_nb.rundir import RunDir, load_metrics
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +82,10 @@ def test_save_load_keeps_truth_apart(tiny, tmp_path):
     tiles, obs, counts = load_tile_dataset(tmp_path)
     assert np.array_equal(tiles, d.tiles) and list(counts.columns) == list(GENES)
     assert not set(TISSUES) & (set(obs.columns) | set(counts.columns))
-    from lanic_nb.evaluation import load_tile_truth
-
     assert load_tile_truth(tmp_path).equals(d.truth)
 
 
 def test_spearman_and_bh_match_scipy():
-    from scipy.stats import false_discovery_control, spearmanr
-
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(40, 3)), rng.normal(size=(40, 4))
     b[:, 0] = a[:, 1] + 0.3 * b[:, 0]
@@ -98,8 +117,6 @@ def test_a_gene_driven_feature_is_found(tiny):
 
 
 def test_vit_small_local_weights_and_offline_fast_fail(tmp_path):
-    import timm
-    from safetensors.torch import save_file
 
     src = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors"))
@@ -151,19 +168,113 @@ def test_phantom_slide_as_visium_gives_back_its_tiles(tiny, tmp_path):
     assert np.abs(crops.astype(int) - d.tiles.astype(int)).mean() < 3  # same pixels back (scale 1, no resize)
 
 
-@pytest.mark.notebook
-def test_notebook_writes_the_feature_gene_table(small_run):
-    from lanic_nb.io import read_table
-    from lanic_nb.rundir import RunDir, load_metrics
+def test_pathology_config_fails_at_once_naming_the_bad_field():
+    for bad, name in (({"grid": 0}, "grid"), ({"n_members": 0}, "n_members"), ({"q_max": 0}, "q_max"),
+                      ({"sim_threshold": 1.5}, "sim_threshold"), ({"l1_coeff": -1}, "l1_coeff"),
+                      ({"n_neighbors": 1}, "n_neighbors")):
+        with pytest.raises(ValueError, match=name):
+            PathologyConfig(**bad)
 
-    run = small_run.until("09")
+
+SMALL = {"device": "cpu", "n_slides": 1, "grid": 12, "ae_epochs": 4, "ae_channels": 8, "d_embed": 16, "n_members": 2,
+         "d_dict": 32, "sae_steps": 200, "n_neighbors": 10}  # notebooks/params/small.yaml
+
+
+@pytest.fixture(scope="module")
+def stage_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("pathology_run")
+    return run, run_pathology(run, PathologyConfig(**SMALL))
+
+
+def test_run_pathology_writes_its_artifacts_and_metrics(stage_run):
+    run, r = stage_run
     folder = RunDir(run).stage("pathology")
-    fg = read_table(folder / "feature_gene.parquet")
-    assert {"feature", "gene", "rho", "p", "q", "consistency"} <= set(fg.columns)
-    assert set(fg.gene) == set(GENES) and fg.q.dropna().between(0, 1).all()
-    assert not set(TISSUES) & set(fg.columns)  # the planted truth stays in tiles/truth.parquet
+    for name in ("tiles.safetensors", "obs.parquet", "counts.parquet", "config.json", "truth.parquet"):
+        assert (folder / "tiles" / name).is_file(), name
+    for name in ("filtered_feature_bc_matrix.h5", "spatial/tissue_positions.csv", "spatial/tissue_hires_image.png"):
+        assert (folder / "visium_slide0" / name).is_file(), name
+    assert not list(folder.rglob(".*.tmp*"))  # every writer renamed its temp file
+
     m = load_metrics(run, "09_pathology")
-    assert m["n_tiles"] == 144 and m["visium_spots"] == 144 and m["visium_tile_error"] < 3
-    assert m["n_features"] >= 2 and m["n_significant_pairs"] > 0
-    assert m["best_auroc_tumour"] > 0.8  # the tumour feature is found even at small sizes
-    assert max(m["best_rho_MKI67"], m["best_rho_EPCAM"]) > m["best_rho_NOISE1"]
+    assert m == pytest.approx(r.metrics, nan_ok=True) and m["encoder"] == "tile-autoencoder"
+    assert set(m) == {"encoder", "n_tiles", "n_features", "mean_consistency", "mean_seed_agreement", "sae_fvu",
+                      "n_significant_pairs", "n_features_with_gene", "visium_spots", "visium_tile_error",
+                      *(f"best_rho_{g}" for g in REPORTED_GENES), *(f"best_auroc_{t}" for t in TISSUES)}
+    assert m["n_tiles"] == m["visium_spots"] == 144 == len(r.tiles) == len(r.tile_xy)
+    assert m["visium_tile_error"] < 1  # hires scale 1: the spot crops are the tiles again
+
+    # The tables behind the metrics: recomputing a metric from the written file gives the recorded value.
+    fg = read_table(folder / "feature_gene.parquet")
+    pd.testing.assert_frame_equal(fg, r.feature_gene)
+    assert {"feature", "gene", "rho", "p", "q", "consistency", "seed_agreement"} <= set(fg.columns)
+    assert set(fg.gene) == set(GENES) and fg.feature.nunique() == m["n_features"] == r.features.n_patterns
+    assert m["n_significant_pairs"] == int((fg.q <= 0.05).sum()) > 0
+    assert m["best_rho_MKI67"] == pytest.approx(fg[fg.gene == "MKI67"].rho.max())
+    assert max(m["best_rho_MKI67"], m["best_rho_EPCAM"]) > m["best_rho_NOISE1"] + 0.2
+    assert m["n_features_with_gene"] == len(r.top_genes) == r.top_genes.feature.nunique()
+    morph = read_table(folder / "feature_morphology.parquet")
+    assert list(morph.columns) == [*TISSUES, "feature"] and list(morph.feature) == list(range(m["n_features"]))
+    assert m["best_auroc_tumour"] == pytest.approx(morph.tumour.max()) and m["best_auroc_tumour"] > 0.85
+    assert not set(TISSUES) & set(fg.columns)  # the planted truth stays in tiles/truth.parquet
+    np.testing.assert_array_equal(r.dominant, load_tile_truth(folder / "tiles").dominant.to_numpy())
+
+
+def test_pathology_plots_draw_what_they_are_given(stage_run):
+    _, r = stage_run
+    fig = plot_tile_grid(r.tiles, r.obs.slide.to_numpy(), per_slide=4)
+    assert isinstance(fig, Figure) and len(fig.axes) == 4
+    np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), r.tiles[0])
+    np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), r.tiles[36])  # spread: every 144 // 4
+    heat = plot_morphology_heatmap(r.morphology)
+    np.testing.assert_allclose(heat.axes[0].images[0].get_array(), r.morphology.to_numpy())
+    tile_map = plot_tile_map(r.tile_xy, r.dominant)
+    sizes = [len(c.get_offsets()) for c in tile_map.axes[0].collections]
+    assert sizes == [int((r.dominant == t).sum()) for t in TISSUES] and sum(sizes) == 144
+
+
+def test_library_imports_without_the_pathology_extra(tmp_path):
+    """Every lanic_nb module imports with scanpy, anndata, h5py and timm missing; the pathology code that
+    needs one fails with the command that installs it."""
+    code = textwrap.dedent(f"""
+        import importlib, pkgutil, sys
+        BLOCKED = {set(PATHOLOGY_EXTRA)!r}
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+        sys.meta_path.insert(0, Block())
+        import lanic_nb
+        for m in pkgutil.walk_packages(lanic_nb.__path__, "lanic_nb."):
+            importlib.import_module(m.name)
+        assert not BLOCKED & set(sys.modules), BLOCKED & set(sys.modules)
+        from lanic_nb.pathology.stage import PathologyConfig, run_pathology
+        from lanic_nb.pathology.visium import read_visium
+        for call in (lambda: read_visium({str(tmp_path)!r}), lambda: run_pathology({str(tmp_path)!r}, PathologyConfig())):
+            try:
+                call()
+            except ImportError as e:
+                assert "lanic-nb[pathology]" in str(e), e
+            else:
+                raise AssertionError("no ImportError")
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-3000:]
+
+
+@pytest.mark.notebook
+def test_notebook_09_shows_the_stage_it_runs(stage_run, tmp_path):
+    """Notebook 09 alone (it reads no earlier stage): its parameters reach run_pathology (the same metrics as
+    the direct call with small.yaml's values), it shows its three figures, and it writes nothing else."""
+    run = tmp_path / "run"
+    executed = run_notebook(NOTEBOOK_DIR / "09_pathology.ipynb", run, size="small")
+    assert load_metrics(run, "09_pathology") == pytest.approx(stage_run[1].metrics, nan_ok=True)
+    nb = nbformat.read(executed, as_version=4)
+    pngs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(pngs) == 3  # tile grid, morphology heat map, tile map
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    written = {p.relative_to(run).parts[0] for p in run.iterdir()}
+    assert written == {"pathology", "metrics", "logs", "notebooks"}

@@ -1,22 +1,34 @@
-"""Interactive HTML maps: one SVG point per pattern / image, the right tooltip on the right point, and
-positions that are the UMAP coordinates written to the coordinates table."""
+"""UMAP maps: the stage (run_maps) on a small run, the PNG figures, and the interactive HTML maps (one SVG
+point per pattern / image, the right tooltip on the right point, positions that are the UMAP coordinates
+written to the coordinates table)."""
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import torch.nn.functional as F
 from conftest import CHROMIUM_FLAGS
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
 
 from lanic_nb import maps
+from lanic_nb.embed.store import load_embedded
 from lanic_nb.io import read_table, write_table
+from lanic_nb.manifest import FINDINGS
+from lanic_nb.patterns.merge import PatternSet
+from lanic_nb.rundir import RunDir, load_metrics
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 class _Points(HTMLParser):
@@ -138,9 +150,6 @@ def test_map_page_renders_in_headless_chromium_without_console_errors(tmp_path, 
 
 @pytest.mark.notebook
 def test_notebook_05_writes_html_maps_wired_to_the_coordinate_tables(small_run):
-    from lanic_nb.manifest import FINDINGS
-    from lanic_nb.rundir import RunDir, load_metrics
-
     run = small_run.until("05")
     out = RunDir(run).patterns / "maps"
     m = load_metrics(run, "05_maps")
@@ -168,3 +177,88 @@ def test_notebook_05_writes_html_maps_wired_to_the_coordinate_tables(small_run):
         assert title[0] == f"image {image_id}"
         positives = {f for f in FINDINGS if manifest.loc[image_id, f] == 1}
         assert {line.split(": ")[0] for line in title[1:] if line.endswith(": positive")} == positives
+
+
+def test_maps_plots_without_umap(tmp_path):
+    """Tiny inputs take the PCA path (no numba compile); the plots return figures, save_figure writes PNGs."""
+    dirs = F.normalize(torch.randn(5, 8), dim=1).numpy()
+    xy = maps.umap_coords(dirs)
+    assert xy.shape == (5, 2) and np.isfinite(xy).all()
+    centered = dirs - dirs.mean(0)
+    assert np.allclose(np.abs(xy[:, 0]), np.abs(centered @ np.linalg.svd(centered)[2][0]), atol=1e-5)
+    fig = maps.plot_pattern_map(xy, ["cardiac", "device", "", "pleural", "unknown"], np.linspace(0, 1, 5))
+    assert isinstance(fig, Figure) and [ax.get_title() for ax in fig.axes[:2]] == ["patterns by category",
+                                                                                   "patterns by consistency"]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["cardiac", "pleural", "device", "(none)"]  # "unknown" is not a category: drawn as none
+    labels = pd.DataFrame({"Edema": [1, 0, np.nan, -1, 1], "Cardiomegaly": [0, 0, 1, 1, 0]})
+    fig2 = maps.plot_image_map(xy, labels)
+    assert [ax.get_title() for ax in fig2.axes] == ["Edema", "Cardiomegaly"]
+    # Edema panel: grey (nan, -1), blue (0), red (1, 1) scatter layers, in that order.
+    assert [len(c.get_offsets()) for c in fig2.axes[0].collections] == [2, 1, 2]
+    for f, name in ((fig, "p.png"), (fig2, "i.png")):
+        path = maps.save_figure(f, tmp_path / name)
+        assert path.read_bytes()[:8] == PNG_MAGIC and not plt.fignum_exists(f.number)
+    assert list(maps.subsample(10, 4, seed=0)) == sorted(maps.subsample(10, 4, seed=0)) and len(maps.subsample(10, 4)) == 4
+
+
+def test_maps_config_fails_at_once_naming_the_bad_field():
+    for bad, name in (({"n_neighbors": 1}, "n_neighbors"), ({"max_images": 0}, "max_images"),
+                      ({"min_dist": -0.1}, "min_dist"), ({"max_html_points": 0}, "max_html_points")):
+        with pytest.raises(ValueError, match=name):
+            maps.MapsConfig(**bad)
+
+
+@pytest.fixture(scope="module")
+def maps_run(small_run, tmp_path_factory) -> Path:
+    """A copy of the small run after stage 04, so run_maps writes nowhere the notebook tests read."""
+    src = small_run.until("04")
+    dst = tmp_path_factory.mktemp("maps_run") / "run"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("notebooks", "maps"))
+    return dst
+
+
+@pytest.mark.notebook
+def test_run_maps_writes_both_maps_aligned_with_their_inputs(maps_run):
+    cfg = maps.MapsConfig(device="cpu", n_neighbors=10, max_images=50, max_html_points=12, seed=0)
+    result = maps.run_maps(maps_run, cfg)
+    rd = RunDir(maps_run)
+    out = rd.patterns / "maps"
+    m = load_metrics(maps_run, "05_maps")
+    assert m == pytest.approx(result.metrics, nan_ok=True)
+    assert set(m) == {"n_patterns_mapped", "n_images_mapped", "pattern_map_trustworthiness",
+                      "image_map_trustworthiness"}
+    for name in ("patterns.png", "images.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+    # Patterns: every pattern, coordinates as written, aligned with its own direction.
+    ps = PatternSet.load(rd.patterns)
+    table = read_table(rd.patterns / "patterns.parquet")
+    pat = read_table(out / "pattern_coords.parquet")
+    assert m["n_patterns_mapped"] == len(pat) == len(table) == ps.n_patterns
+    pd.testing.assert_frame_equal(pat, result.pattern_coords)
+    assert list(pat.pattern_id) == list(table.pattern_id)
+    np.testing.assert_allclose(result.consistency, ps.consistency.numpy())
+    tw = maps.trustworthiness(ps.directions.numpy(), pat[["x", "y"]].to_numpy())
+    assert tw == pytest.approx(m["pattern_map_trustworthiness"]) and tw > 0.7  # random positions give ~0.5
+
+    # Images: the seeded 50-image subset; each id's coordinates belong to its own embedding.
+    emb = load_embedded(maps_run)
+    img = read_table(out / "image_coords.parquet")
+    rows = maps.subsample(len(emb.x), 50, seed=0)
+    assert m["n_images_mapped"] == len(img) == 50 < len(emb.x)
+    assert list(img.image_id) == list(emb.image_ids[rows])
+    tw = maps.trustworthiness(emb.x[rows], img[["x", "y"]].to_numpy())
+    assert tw == pytest.approx(m["image_map_trustworthiness"]) and tw > 0.8
+    shuffled = maps.trustworthiness(emb.x[rows][::-1], img[["x", "y"]].to_numpy())
+    assert shuffled < tw - 0.1  # the check above would catch coordinates paired with the wrong images
+    want = emb.manifest.loc[rows, list(FINDINGS)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(result.image_labels, want)
+
+    # HTML pages: capped at max_html_points, positions those of the coordinate tables.
+    for page, coords, col in (("patterns.html", pat, "pattern_id"), ("images.html", img, "image_id")):
+        pts = parse_points(out / page)
+        note = f"12 of {len(coords)} points shown" if len(coords) > 12 else f"all {len(coords)} points shown"
+        assert len(pts) == min(12, len(coords)) and note in (out / page).read_text()
+        assert_positions_are(pts, coords, col)
+    assert result.files["pattern_html"] == out / "patterns.html"

@@ -1,0 +1,40 @@
+"""Figures of the attribution stage: patterns needed per prediction, and insertion curves."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from lanic_nb.manifest import FINDINGS
+
+
+def plot_mass_distribution(counts: torch.Tensor, mass: float = 0.9):
+    """Box plot per finding of how many patterns carry ``mass`` of a logit's |contribution|."""
+    import matplotlib.pyplot as plt
+
+    c = counts.numpy()
+    fig, ax = plt.subplots(figsize=(6.0, 3.0))
+    ax.boxplot([c[:, j] for j in range(c.shape[1])], showfliers=False)
+    ax.set_xticks(range(1, c.shape[1] + 1), list(FINDINGS)[: c.shape[1]], fontsize=8, rotation=15)
+    ax.set_ylabel(f"patterns for {mass:.0%} of |contribution|")
+    fig.tight_layout()
+    return fig
+
+
+def plot_insertion(curves: pd.DataFrame):
+    """One panel per finding: mean logit vs number of inserted patterns, top-first vs random order."""
+    import matplotlib.pyplot as plt
+
+    findings = list(dict.fromkeys(curves["finding"]))
+    fig, axes = plt.subplots(1, len(findings), figsize=(3.2 * len(findings), 3.0), squeeze=False)
+    for ax, f in zip(axes[0], findings, strict=True):
+        d = curves[curves["finding"] == f]
+        for label, style in (("top", "-o"), ("random", "--s")):
+            e = d[d["order"] == label].sort_values("k")
+            ax.plot(e["k"], e["mean_logit"], style, ms=3, label=f"{label} first" if label == "top" else label)
+        ax.set_title(f, fontsize=9)
+        ax.set_xlabel("patterns inserted")
+    axes[0, 0].set_ylabel("mean logit")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,63 @@
+"""EVALUATION on the phantom: does attribution expose the planted shortcut?
+
+The phantom plants a shortcut: a concept (by default the burned-in word PORTABLE) that co-occurs with one
+finding. Which concept and finding, and where each is truly present, come from the run's own data through
+``lanic_nb.evaluation`` (the only reader of the planted truth); nothing here knows the phantom's code.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lanic_nb.attribute.core import Attribution
+from lanic_nb.evaluation import finding_concept, ground_truth_matrix, load_ground_truth, planted_shortcut
+from lanic_nb.manifest import FINDINGS
+from lanic_nb.metrics import unit_aurocs
+
+log = logging.getLogger(__name__)
+
+
+def top_pattern_hits(attr: Attribution, finding: int, pattern: int, rows: np.ndarray, top: int = 5) -> np.ndarray:
+    """For the images ``rows`` (bool or index), whether ``pattern`` is among the ``top`` largest
+    contributions toward ``finding`` (signed: patterns pushing the logit up)."""
+    contrib = attr.contributions[torch.from_numpy(np.array(rows)), :, finding]  # (n_rows, P)
+    idx = contrib.topk(min(top, contrib.shape[1]), dim=1).indices
+    return (idx == pattern).any(1).numpy()
+
+
+def shortcut_check(run_dir: str | Path, attr: Attribution, image_ids: np.ndarray, top: int = 5) -> dict | None:
+    """Is the pattern that best detects the shortcut concept among the top contributions to its finding?
+
+    The pattern with the highest AUROC of its activation against the concept's ground truth is looked up
+    among the ``top`` largest contributions toward the shortcut finding on every image where the finding
+    is truly present. Returns None when the run plants no shortcut.
+    """
+    planted = planted_shortcut(run_dir)
+    if planted is None or planted[1] not in FINDINGS:
+        return None
+    concept, finding = planted
+    truth = ground_truth_matrix(load_ground_truth(run_dir), [str(i) for i in image_ids])
+    has_concept = truth[concept].to_numpy(bool)
+    has_finding = truth[finding_concept(finding)].to_numpy(bool)
+    if attr.activations.shape[1] == 0:
+        log.warning("shortcut check: the run has no patterns")
+        return {"concept": concept, "finding": finding, "pattern": None, "share": float("nan")}
+    au = unit_aurocs(attr.activations, has_concept)
+    best = int(np.argmax(au))
+    c = FINDINGS.index(finding)
+    hits = top_pattern_hits(attr, c, best, np.flatnonzero(has_finding), top)
+    both = has_finding & has_concept
+    hits_both = top_pattern_hits(attr, c, best, np.flatnonzero(both), top)
+    return {
+        "concept": concept, "finding": finding, "pattern": best, "pattern_auroc": float(au[best]),
+        "top": top, "n_positive": int(has_finding.sum()),
+        "share": float(hits.mean()) if len(hits) else float("nan"),
+        "n_positive_with_concept": int(both.sum()),
+        "share_with_concept": float(hits_both.mean()) if len(hits_both) else float("nan"),
+        "mean_contribution": float(attr.contributions[torch.from_numpy(has_finding.copy()), best, c].mean())
+        if has_finding.any() else float("nan"),
+    }

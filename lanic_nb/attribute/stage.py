@@ -1,0 +1,187 @@
+"""The attribution stage of a run (notebook 06): decompose every logit of a split, test it, save it.
+
+Reads ``classifier/``, ``transcoders/``, ``patterns/`` and the embedding store; writes into ``attribution/``
+``contributions.parquet`` (top contributions per image and finding), ``summary.parquet`` (the four terms
+per image and finding), ``patterns_for_90.parquet`` / ``.png``, ``deletion.parquet``, ``insertion.parquet``
+/ ``.png``, and ``metrics/06_attribution.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from lanic_nb.attribute.core import (
+    Attribution,
+    attribute,
+    attribution_table,
+    mass_summary,
+    patterns_for_mass,
+    summary_table,
+    term_sizes,
+)
+from lanic_nb.attribute.faithfulness import deletion_test, insertion_curves
+from lanic_nb.attribute.plots import plot_insertion, plot_mass_distribution
+from lanic_nb.attribute.shortcut import shortcut_check
+from lanic_nb.checks import require_at_least_one
+from lanic_nb.classify import load_classifier
+from lanic_nb.device import pick_device
+from lanic_nb.embed.store import load_embedded
+from lanic_nb.io import write_figure, write_table
+from lanic_nb.manifest import SPLITS
+from lanic_nb.patterns.merge import PatternSet
+from lanic_nb.rundir import RunDir, record_metrics
+from lanic_nb.transcoder.model import TranscoderEnsemble
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunInputs:
+    """What attribution needs from a run directory, for the readable images of one split."""
+
+    classifier: nn.Module
+    ensemble: nn.Module
+    patterns: PatternSet
+    x: torch.Tensor  # (n, d_in) image embeddings
+    rows: np.ndarray  # (n,) manifest row of each embedding
+    manifest: pd.DataFrame  # the rows themselves
+
+
+def load_run(run_dir: str | Path, split: str = "test", device: str | torch.device = "cpu",
+             max_images: int | None = None) -> RunInputs:
+    """Load the classifier, ensemble, patterns and the split's embeddings from a run directory."""
+    rd = RunDir(Path(run_dir))
+    emb = load_embedded(rd.root, split=split, max_images=max_images)
+    return RunInputs(
+        classifier=load_classifier(rd.classifier, device),
+        ensemble=TranscoderEnsemble.load(rd.transcoders, device),
+        patterns=PatternSet.load(rd.patterns),
+        x=torch.from_numpy(emb.x),
+        rows=emb.rows,
+        manifest=emb.manifest,
+    )
+
+
+def check_selection(split: str, max_images: int | None) -> None:
+    """Raise ValueError naming ``split`` or ``max_images`` when they cannot select images for ``load_run``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if max_images is not None and int(max_images) < 1:
+        raise ValueError(f"max_images must be None or >= 1, got {max_images}")
+
+
+@dataclass
+class AttributionConfig:
+    """Parameters of the attribution stage (notebook 06)."""
+
+    device: str = "auto"
+    """Where the decomposition runs ("auto": CUDA when present, else CPU)."""
+    split: str = "test"
+    """Which images to explain."""
+    max_images: int | None = None
+    """At most this many of the split's readable images (None: all of them)."""
+    mass: float = 0.9
+    """Counts "how many patterns explain this share of the logit's |contribution|"."""
+    k: int = 5
+    """Patterns switched off in the deletion test."""
+    n_random: int = 10
+    """Random draws for the deletion baseline (and the random insertion order)."""
+    top_table: int = 50
+    """Contributions kept per image and finding in contributions.parquet."""
+    insertion_ks: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 5, 10, 20, 50, 100, 200])
+    """Numbers of inserted patterns at which the insertion curves are evaluated."""
+    shortcut_top: int = 5
+    """The shortcut pattern must rank among this many top contributions (phantom evaluation)."""
+
+    def __post_init__(self) -> None:
+        check_selection(self.split, self.max_images)
+        if not 0 < self.mass <= 1:
+            raise ValueError(f"mass must be in (0, 1], got {self.mass}")
+        require_at_least_one(self, ("k", "n_random", "top_table", "shortcut_top"))
+        ks = list(self.insertion_ks)
+        if not ks or any(int(k) != k or k < 0 for k in ks):
+            raise ValueError(f"insertion_ks must be a non-empty list of integers >= 0, got {self.insertion_ks}")
+        self.insertion_ks = [int(k) for k in ks]
+
+
+@dataclass
+class AttributionResult:
+    """What notebook 06 shows: the decomposition, its tables and the faithfulness checks."""
+
+    attribution: Attribution  # on the explained images
+    image_ids: np.ndarray  # (n,) str, rows of the attribution
+    n_patterns: int
+    identity_error: float  # largest relative |sum of terms - logit|
+    summary: pd.DataFrame  # the four terms per image and finding (summary.parquet)
+    terms: pd.DataFrame  # per finding: mean |term| (from summary)
+    counts: torch.Tensor  # (n, n_classes) patterns carrying ``mass`` of each logit's |contribution|
+    mass_table: pd.DataFrame  # quantiles of counts per finding (patterns_for_90.parquet)
+    deletion: pd.DataFrame  # deletion.parquet
+    insertion: pd.DataFrame  # insertion.parquet
+    shortcut: dict | None  # the phantom's shortcut check (None: the run plants none)
+    metrics: dict = field(default_factory=dict)  # as recorded in metrics/06_attribution.json
+
+
+def run_attribution(run_dir: str | Path, config: AttributionConfig) -> AttributionResult:
+    """Decompose the classifier's logits on ``config.split`` into pattern contributions and test them.
+
+    Writes every table and figure of ``attribution/`` and ``metrics/06_attribution.json`` (see the module
+    docstring); returns them for display.
+    """
+    rd = RunDir(Path(run_dir))
+    cfg = config
+    dev = pick_device(cfg.device)
+    run = load_run(rd.root, split=cfg.split, device=dev, max_images=cfg.max_images)
+    ps = run.patterns
+    latent_pattern = ps.latent_pattern.to(dev)
+    image_ids = run.manifest["image_id"].astype(str).to_numpy()
+    log.info("%d %s images, %d patterns from %d members", len(image_ids), cfg.split, ps.n_patterns, ps.n_members)
+
+    attr = attribute(run.classifier, run.ensemble, latent_pattern, ps.n_patterns, run.x)
+    identity_error = attr.identity_error()
+    log.info("identity: max relative error %.2e", identity_error)
+    summary = summary_table(attr, image_ids, mass=cfg.mass)
+    counts = patterns_for_mass(attr.contributions, cfg.mass)
+    mass_table = mass_summary(counts, cfg.mass)
+    deletion = deletion_test(run.classifier, run.ensemble, latent_pattern, attr, run.x, k=cfg.k,
+                             n_random=cfg.n_random)
+    curves = insertion_curves(attr, cfg.insertion_ks, n_random=cfg.n_random)
+    shortcut = shortcut_check(rd.root, attr, image_ids, top=cfg.shortcut_top)
+
+    import matplotlib.pyplot as plt  # pyplot only when figures are drawn
+
+    out = rd.attribution
+    write_table(out / "contributions.parquet",
+                attribution_table(attr, image_ids, np.arange(ps.n_patterns), top=cfg.top_table))
+    write_table(out / "summary.parquet", summary)
+    write_table(out / "patterns_for_90.parquet", mass_table)
+    write_table(out / "deletion.parquet", deletion)
+    write_table(out / "insertion.parquet", curves)
+    for name, fig in (("patterns_for_90.png", plot_mass_distribution(counts, cfg.mass)),
+                      ("insertion.png", plot_insertion(curves))):
+        write_figure(out / name, fig)
+        plt.close(fig)
+    metrics = {
+        "n_images": len(image_ids),
+        "n_patterns": ps.n_patterns,
+        "identity_max_error": identity_error,
+        "patterns_for_90": {r.finding: {"median": r.median, "q25": r.q25, "q75": r.q75, "q10": r.q10, "q90": r.q90}
+                            for r in mass_table.itertuples()},
+        "deletion_k": cfg.k,
+        "deletion_ratio": dict(zip(deletion["finding"], deletion["ratio"], strict=True)),
+        "deletion_ratio_min": float(deletion["ratio"].min()),
+        "shortcut": shortcut,
+        "shortcut_share": None if shortcut is None else shortcut["share"],
+    }
+    record_metrics(rd.root, "06_attribution", metrics)
+    return AttributionResult(attribution=attr, image_ids=image_ids, n_patterns=ps.n_patterns,
+                             identity_error=identity_error, summary=summary, terms=term_sizes(summary),
+                             counts=counts, mass_table=mass_table, deletion=deletion, insertion=curves,
+                             shortcut=shortcut, metrics=metrics)

@@ -1,0 +1,48 @@
+"""Figures and display tables of notebook 04 (patterns), read from a ``PatternsResult``."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from lanic_nb.patterns.merge import PatternSet
+
+SUMMARY_COLUMNS = ["pattern_id", "consistency", "firing_freq", "concept_1", "score_1", "concept_2", "category",
+                   "category_confidence"]
+
+
+def plot_consistency(patterns: PatternSet):
+    """Histogram of the kept patterns' consistency (fraction of members holding each): one bin per member
+    count for small ensembles, 40 bins for large ones."""
+    n = patterns.n_members
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(patterns.consistency.numpy(), bins=np.linspace(0, 1, n + 2 if n < 40 else 41))
+    ax.set_xlabel("consistency (fraction of members)")
+    ax.set_ylabel("patterns")
+    fig.tight_layout()
+    return fig
+
+
+def activation_summary(stats: pd.DataFrame) -> pd.DataFrame:
+    """count / mean / quartiles of the patterns' firing frequency, mean and max activation."""
+    return stats[["firing_freq", "mean_act", "max_act"]].astype(float).describe()
+
+
+def category_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Patterns per annotated category, with the mean confidence of the category vote."""
+    return table.groupby("category").agg(patterns=("pattern_id", "size"), confidence=("category_confidence", "mean"))
+
+
+def best_detectors(per_unit: dict[str, pd.DataFrame], table: pd.DataFrame, n: int = 15,
+                   unit_set: str = "ensemble patterns") -> pd.DataFrame:
+    """The ``n`` patterns that detect a planted concept best: AUROC, margin to the runner-up concept, and
+    the text side's name (empty without planted truth)."""
+    truth = per_unit.get(unit_set, pd.DataFrame(columns=["unit", "best_concept", "best_auroc", "margin"]))
+    named = table[["pattern_id", "consistency", "concept_1", "category"]]
+    return truth.merge(named, left_on="unit", right_on="pattern_id").sort_values("best_auroc", ascending=False).head(n)
+
+
+def recovery_table(by_concept: pd.DataFrame) -> pd.DataFrame:
+    """recovery_by_concept, concepts the embedding carries best first."""
+    return by_concept.sort_values("probe_embedding", ascending=False) if len(by_concept) else by_concept

@@ -1,0 +1,259 @@
+"""Concept vocabulary, report mining, mask-free annotation, report purity, and the shared concept space."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+from lanic_nb.concepts.annotate import (
+    AnnotationConfig,
+    annotate_units,
+    concept_similarity,
+    mention_matrix,
+    prompt_names,
+    report_purity,
+    representative_images,
+    top_sentences,
+)
+from lanic_nb.concepts.mining import mine_noun_phrases
+from lanic_nb.concepts.vocabulary import (
+    CATEGORIES,
+    extend_vocabulary,
+    infer_category,
+    load_vocabulary,
+    match_concept,
+)
+from lanic_nb.data.openi import read_openi_reports
+from lanic_nb.phantom.generate import CONCEPTS
+
+
+@functools.cache
+def iu_reports() -> list[str]:
+    """FINDINGS + IMPRESSION of the 3,955 Indiana University reports that torchxrayvision ships (read at test
+    time through the project's one OpenI reader, never copied into the repository)."""
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None:
+        pytest.skip("torchxrayvision (which ships the Indiana University reports) is not installed")
+    return read_openi_reports(Path(spec.origin).parent / "data" / "NLMCXR_reports.tgz")["report"].tolist()
+
+
+def test_vocabulary_covers_six_categories_with_synonyms():
+    vocab = load_vocabulary()
+    assert len(vocab) >= 150
+    counts = vocab["category"].value_counts()
+    assert set(counts.index) == set(CATEGORIES) and counts.min() >= 15
+    assert (vocab["synonyms"].map(len) > 0).mean() > 0.9
+
+
+def test_every_phantom_concept_maps_to_a_vocabulary_entry_of_its_category():
+    vocab = load_vocabulary().set_index("concept")
+    for name, concept in CONCEPTS.items():
+        entry = match_concept(name, vocab.reset_index())
+        assert entry is not None, name
+        assert vocab.loc[entry, "category"] == concept.category, (name, entry)
+
+
+def test_miner_finds_known_phrases():
+    reports = [
+        "FINDINGS: Small left pleural effusion. No pneumothorax. The cardiac silhouette is enlarged.",
+        "Moderate right pleural effusion with adjacent atelectasis. Sternotomy wires are intact.",
+        "No pleural effusion or pneumothorax. Normal cardiac silhouette. Sternotomy wires noted.",
+        "Pleural effusions are seen bilaterally. Endotracheal tube terminates above the carina.",
+    ]
+    mined = mine_noun_phrases(reports, min_count=2)
+    found = dict(zip(mined["phrase"], mined["count"], strict=True))
+    assert found["pleural effusion"] == 4  # plural folded, once per report
+    assert found["pneumothorax"] == 2 and found["cardiac silhouette"] == 2 and found["sternotomy wires"] == 2
+    for junk in ("small", "left pleural effusion", "no", "pleural", "enlarged", "effusion left"):
+        assert junk not in found
+
+
+def test_miner_on_real_indiana_reports():
+    reports = iu_reports()
+    assert len(reports) == 3955
+    mined = mine_noun_phrases(reports, min_count=20)
+    top = set(mined["phrase"].head(60))
+    for phrase in ("pleural effusion", "pneumothorax", "consolidation", "cardiomediastinal silhouette", "heart size"):
+        assert phrase in top, phrase
+    vocab = extend_vocabulary(load_vocabulary(), mined, max_new=50)
+    new = vocab[vocab["mined"]]
+    assert len(new) == 50 and not set(new["concept"]) & set(load_vocabulary()["concept"])
+    assert infer_category("thoracic aorta", load_vocabulary()) == "cardiac"
+
+
+def test_miner_never_returns_function_words_or_adjectives_on_indiana_reports():
+    """Regression: the miner emitted "over", "further", "due", "most", "cardiac", "hilar", "free", "low" as phrases."""
+    mined = mine_noun_phrases(iu_reports(), min_count=5)
+    assert len(mined) > 300
+    phrases = list(mined["phrase"])
+    with_stopword = [p for p in phrases if set(p.split()) & ENGLISH_STOP_WORDS]
+    assert not with_stopword, with_stopword[:10]
+    for junk in ("place", "over", "further", "near", "cardiac", "hilar", "bony", "soft", "free", "low", "mid",
+                 "posterior", "somewhat", "x-xxxx", "chest x-xxxx", "recommend", "followup"):
+        assert junk not in phrases, junk
+    heads = {p.split()[-1] for p in phrases}
+    assert not heads & {"pleural", "pulmonary", "cardiac", "hilar", "mediastinal", "lateral", "enlarged", "seen"}
+    for phrase in ("pleural effusion", "pneumothorax", "heart size", "cardiomediastinal silhouette", "granuloma"):
+        assert phrase in phrases, phrase
+
+
+def test_miner_drops_fragments_boilerplate_and_located_variants():
+    reports = [
+        "EXAMINATION: PA chest radiograph. FINDINGS: Right subclavian line with tip in the superior vena cava.",
+        "EXAMINATION: PA chest radiograph. FINDINGS: Tip of the catheter in the superior vena cava. Tube in place.",
+        "EXAMINATION: PA chest radiograph. FINDINGS: Overlying ECG leads. Calcified right hilar node.",
+        "EXAMINATION: Portable AP chest radiograph. FINDINGS: Overlying ECG leads. Tube in place.",
+    ]
+    found = set(mine_noun_phrases(reports, min_count=2)["phrase"])
+    assert "superior vena cava" in found and "ecg leads" in found
+    for junk in ("vena cava", "cava", "vena", "chest radiograph", "place", "overlying ecg leads", "tip", "hilar node"):
+        assert junk not in found, junk
+
+
+def test_qualified_variants_of_known_concepts_become_synonyms():
+    vocab = load_vocabulary()
+    mined = pd.DataFrame({"phrase": ["mid lung consolidation", "cardiac pacemaker device", "median sternotomy wires",
+                                     "superior vena cava"], "count": [40, 30, 20, 10]})
+    out = extend_vocabulary(vocab, mined, max_new=10)
+    assert list(out.loc[out["mined"], "concept"]) == ["superior vena cava"]
+    syn = dict(zip(out["concept"], out["synonyms"], strict=True))
+    assert "mid lung consolidation" in syn["consolidation"] and "cardiac pacemaker device" in syn["pacemaker"]
+    assert "median sternotomy wires" in syn["sternotomy wires"]
+
+
+def test_representative_images_adaptive_count():
+    cfg = AnnotationConfig(top_fraction=0.93, min_images=2, max_images=5)
+    act = np.array([0.0, 10.0, 9.5, 1.0, 9.4, 0.0, 9.2])
+    # threshold 10 - 0.07 * 10 = 9.3 keeps 10, 9.5, 9.4 (9.2 is below)
+    assert list(representative_images(act, cfg)) == [1, 2, 4]
+    act2 = np.array([0.0, 10.0, 1.0, 2.0])
+    assert list(representative_images(act2, cfg)) == [1, 3]  # min_images tops it up
+    assert len(representative_images(np.zeros(5), cfg)) == 0
+
+
+def _tiny_world(n_per=30, d=12, seed=0):
+    """Concept embeddings on orthogonal axes, images near one concept each, a template off-axis."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.linalg.qr(torch.randn(d, d, generator=g)).Q.T
+    vocab = pd.DataFrame(
+        {
+            "concept": ["pleural effusion", "cardiomegaly", "pacemaker", "laterality marker", "scoliosis"],
+            "category": ["pleural", "cardiac", "device", "artifact", "structural"],
+            "synonyms": [[], [], [], [], []],
+        }
+    )
+    concept_emb = q[:5]
+    template = q[5]
+    labels = np.repeat(np.arange(5), n_per)
+    images = F.normalize(concept_emb[labels] + 0.8 * template + 0.3 * torch.randn(len(labels), d, generator=g), dim=1)
+    return vocab, concept_emb, template, labels, images
+
+
+def test_annotation_picks_the_planted_concept():
+    vocab, concept_emb, template, labels, images = _tiny_world()
+    sim = concept_similarity(images, concept_emb, template).numpy()
+    rng = np.random.default_rng(0)
+    # unit u fires on the images of concept u (graded), and weakly at random elsewhere
+    act = np.stack([np.where(labels == u, 1.0 + rng.random(len(labels)), 0.1 * rng.random(len(labels))) for u in range(5)], 1)
+    ann = annotate_units(act, sim, vocab, AnnotationConfig(min_images=3))
+    assert list(ann["concept_1"]) == list(vocab["concept"])
+    assert list(ann["category"]) == list(vocab["category"])
+    assert (ann["category_confidence"] > 0.5).all()
+    assert (ann["score_1"] > ann["score_2"]).all()
+
+
+def test_top_sentences_ranks_by_activation():
+    act = np.array([[0.1, 0.0], [0.9, 0.0], [0.5, 0.2], [0.9, 0.0]])
+    texts = ["a", "b", "c", "b"]
+    assert top_sentences(act, texts, k=2) == [["b", "c"], ["c"]]
+
+
+def test_mentions_skip_negations_and_purity_finds_the_concept():
+    vocab = load_vocabulary()
+    reports = ["Small left pleural effusion.", "No pleural effusion. Pacemaker in place.", "Pacer leads intact.",
+               "Heart size is normal."] * 5
+    m = mention_matrix(reports, vocab)
+    col = {c: i for i, c in enumerate(vocab["concept"])}
+    assert list(m[:4, col["pleural effusion"]]) == [True, False, False, False]
+    assert list(m[:4, col["pacemaker"]]) == [False, True, True, False]  # synonym "pacer" counts
+    act = np.zeros((20, 1))
+    act[[1, 2, 5, 6], 0] = 1.0  # fires on the pacemaker reports
+    assert np.isnan(report_purity(act, m, k=10, min_firing=5).loc[0, "purity"])  # 4 firing images: too few
+    p = report_purity(act, m, k=4, min_firing=4)
+    assert vocab["concept"][p.loc[0, "purity_concept"]] == "pacemaker"
+    assert p.loc[0, "purity"] == 1.0 and p.loc[0, "lift"] == pytest.approx(0.5)
+
+
+def test_mined_variants_of_known_concepts_become_synonyms_not_rivals():
+    # Regression: "flattened diaphragms" (plural of hyperinflation's synonym) and "lung consolidation" used to be
+    # added as separate concepts, so a unit named by them counted as wrongly named.
+    vocab = load_vocabulary()
+    mined = pd.DataFrame({"phrase": ["flattened diaphragms", "lung consolidation", "plate-like", "scoliosis",
+                                     "plate-likes"], "count": [50, 40, 30, 20, 10]})
+    out = extend_vocabulary(vocab, mined, max_new=10)
+    assert list(out.loc[out["mined"], "concept"]) == ["plate-like"]  # its plural is folded into it, not re-added
+    syn = dict(zip(out["concept"], out["synonyms"], strict=True))
+    assert "flattened diaphragms" in syn["hyperinflation"]
+    assert "lung consolidation" in syn["consolidation"]
+    assert syn["scoliosis"] == list(vocab.set_index("concept").loc["scoliosis", "synonyms"])  # itself: unchanged
+    assert len(out) == len(vocab) + 1
+
+
+def test_prompt_names_keep_only_names_the_text_knows():
+    vocab = pd.DataFrame({"concept": ["under-exposure", "nodule"], "category": ["artifact", "pulmonary"],
+                          "synonyms": [["underexposure", "underpenetrated film"], ["granuloma"]]})
+    reports = ["Study is limited by underexposure.", "No focal consolidation."]
+    assert prompt_names(vocab, reports) == [["underexposure"], ["nodule", "granuloma"]]  # none known: keep all
+    assert prompt_names(vocab) == [["under-exposure", "underexposure", "underpenetrated film"], ["nodule", "granuloma"]]
+    assert prompt_names(vocab, ["Two nodules."])[1] == ["nodule"]  # plurals count
+
+
+class _BagOfWordsEncoder:
+    """A stand-in text tower: each text is the normalized sum of fixed random vectors of its words."""
+
+    def __init__(self, d: int = 16):
+        self.d, self.words = d, {}
+
+    def encode_texts(self, texts):
+        out = torch.zeros(len(texts), self.d)
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                if w not in self.words:
+                    self.words[w] = torch.randn(self.d, generator=torch.Generator().manual_seed(len(self.words)))
+                out[i] += self.words[w]
+        return F.normalize(out, dim=1)
+
+
+def test_concept_space_extends_the_vocabulary_and_scores_every_image(monkeypatch):
+    import lanic_nb.concepts.space as space_mod
+
+    encoder = _BagOfWordsEncoder()
+    seen = {}
+    monkeypatch.setattr(space_mod, "load_text_encoder", lambda store, name: seen.setdefault("args", (store, name)) and encoder)
+    reports = ["Small left pleural effusion. Bullet fragment."] * 3 + ["Bullet fragment. No effusion."] * 2
+    manifest = pd.DataFrame({"report": reports + [None]})
+    x = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))
+    space = space_mod.concept_space("STORE", manifest, x.numpy(), encoder="some-vlm", mine_min_count=2, max_mined=5)
+    assert seen["args"] == ("STORE", "some-vlm")
+    assert list(space.vocab.loc[space.vocab["mined"], "concept"]) == ["bullet fragment"] and space.n_mined == 1
+    assert set(space.mined["phrase"]) >= {"bullet fragment", "pleural effusion"}
+    assert space.similarity.shape == (6, len(space.vocab))
+    expect = concept_similarity(x, space.concept_emb, space.template_emb).numpy()
+    assert np.allclose(space.similarity, expect, atol=1e-6)
+    # known_names_only: each concept is prompted by the names its reports use (all names when off).
+    i = int(np.flatnonzero(space.vocab["concept"] == "pleural effusion")[0])
+    for known, names in ((True, prompt_names(space.vocab, manifest["report"].fillna(""))[i]),
+                         (False, prompt_names(space.vocab)[i])):
+        got = space_mod.concept_space("STORE", manifest, x.numpy(), mine_min_count=2, max_mined=5,
+                                      known_names_only=known).concept_emb[i]
+        want = F.normalize(encoder.encode_texts([f"A chest x-ray image of a {n}" for n in names]).sum(0), dim=0)
+        assert torch.allclose(got, want, atol=1e-5), (known, names)
+    assert len(prompt_names(space.vocab)[i]) > len(prompt_names(space.vocab, manifest["report"].fillna(""))[i])
