@@ -21,7 +21,8 @@ import torch
 from lanic_nb.device import pick_device
 from lanic_nb.embed.clip_small import SmallClipConfig, train_small_clip
 from lanic_nb.embed.store import ImageRows, embed_manifest
-from lanic_nb.phantom.generate import PhantomConfig, make_phantom_dataset
+from lanic_nb.phantom.config import PhantomConfig
+from lanic_nb.phantom.generate import make_phantom_dataset
 from lanic_nb.rundir import RunDir
 
 ARCHS = {

@@ -22,13 +22,9 @@ from dataclasses import replace
 import torch
 
 from lanic_nb.device import pick_device
-from lanic_nb.transcoder.model import (
-    TranscoderConfig,
-    TranscoderEnsemble,
-    make_optimizer,
-    train_ensemble,
-    train_step,
-)
+from lanic_nb.transcoder.config import TranscoderConfig
+from lanic_nb.transcoder.model import TranscoderEnsemble
+from lanic_nb.transcoder.train import make_optimizer, train_ensemble, train_step
 
 
 def sync(device: torch.device) -> None:

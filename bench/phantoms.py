@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from lanic_nb.data.labeler import label_report
-from lanic_nb.phantom.generate import PhantomConfig, generate_image, make_phantom_dataset, view_of
+from lanic_nb.phantom.config import PhantomConfig
+from lanic_nb.phantom.generate import generate_image, make_phantom_dataset, view_of
 from lanic_nb.phantom.reports import make_report
 
 

@@ -47,6 +47,21 @@ def unit_aurocs(scores: np.ndarray, present: np.ndarray) -> np.ndarray:
     return auroc_matrix(scores, y[:, None])[:, 0]
 
 
+def roc_points(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve of scores ``s`` for labels ``y``: (false positive rates, true positive rates), from (0, 0)
+    to (1, 1), one point per distinct score (tied scores move both rates at once, as in the AUROC above)."""
+    y = np.asarray(y, dtype=bool)
+    s = np.asarray(s, dtype=np.float64)
+    if y.all() or not y.any():
+        raise ValueError("y must contain both positives and negatives to draw a ROC curve")
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last row of each run of tied scores
+    tps = np.cumsum(y)[last]
+    fps = (last + 1) - tps
+    return np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]]
+
+
 def auprc(y: np.ndarray, s: np.ndarray) -> float:
     """Average precision (step-wise area under precision-recall, as scikit-learn); NaN without positives."""
     y = np.asarray(y, dtype=bool)

@@ -12,7 +12,8 @@ from lanic_nb.classify import ClassifierConfig, DiagnosticClassifier, save_class
 from lanic_nb.embed.store import embed_manifest
 from lanic_nb.patterns.merge import MergeConfig, merge_latents
 from lanic_nb.rundir import RunDir
-from lanic_nb.transcoder.model import TranscoderConfig, TranscoderEnsemble
+from lanic_nb.transcoder.config import TranscoderConfig
+from lanic_nb.transcoder.model import TranscoderEnsemble
 
 
 def tiny_models(d_in=12, hidden=10, d_dict=24, n_members=3, k=5, activation="topk", seed=0):

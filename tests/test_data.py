@@ -15,18 +15,16 @@ import pytest
 from image_helpers import RAMP, write_dicom
 from PIL import Image
 
-from lanic_nb.data.readers import (
+from lanic_nb.data.chexpert import read_chexpert
+from lanic_nb.data.mimic import read_mimic_cxr, report_sections
+from lanic_nb.data.nih import read_nih
+from lanic_nb.data.openi import (
     MESH_FINDINGS_STRICT,
     labeler_agreement_with_mesh,
     mesh_labels,
-    read_chexpert,
-    read_dataset,
-    read_folder,
-    read_mimic_cxr,
-    read_nih,
     read_openi_reports,
-    report_sections,
 )
+from lanic_nb.data.readers import read_dataset, read_folder
 from lanic_nb.manifest import FINDINGS, MANIFEST_COLUMNS
 
 TXV_DATA = Path(importlib.util.find_spec("torchxrayvision").origin).parent / "data"

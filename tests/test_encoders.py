@@ -145,7 +145,7 @@ def test_evaluate_clip_recall_and_auroc():
     import numpy as np
     import pandas as pd
 
-    from lanic_nb.embed.clip_small import evaluate_clip
+    from lanic_nb.embed.clip_eval import evaluate_clip
     from lanic_nb.manifest import FINDINGS
 
     rng = np.random.default_rng(0)
@@ -169,7 +169,7 @@ def test_evaluate_clip_recall_and_auroc():
 def test_zero_shot_scores_shape_and_nan_rows(tmp_path):
     import numpy as np
 
-    from lanic_nb.embed.clip_small import zero_shot_scores
+    from lanic_nb.embed.clip_eval import zero_shot_scores
     from lanic_nb.manifest import FINDINGS
 
     enc = tiny_encoder(tmp_path / "clip")

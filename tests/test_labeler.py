@@ -9,7 +9,8 @@ import pytest
 
 from lanic_nb.data.labeler import label_report, label_reports, split_sentences
 from lanic_nb.manifest import FINDINGS
-from lanic_nb.phantom.generate import PhantomConfig, sample_truth, view_of
+from lanic_nb.phantom.config import PhantomConfig
+from lanic_nb.phantom.generate import sample_truth, view_of
 from lanic_nb.phantom.reports import make_report
 
 A, C, CO, E, P = FINDINGS

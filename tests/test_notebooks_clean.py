@@ -50,3 +50,33 @@ def test_strip_outputs(tmp_path):
     assert strip_outputs(path) is True
     assert nbformat.read(path, as_version=4).cells[0].outputs == []
     assert strip_outputs(path) is False
+
+
+def test_params_files_name_real_notebooks_and_parameters():
+    """Every shipped parameter file names notebooks that exist and parameters their `parameters` cell has."""
+    from lanic_nb.run_notebooks import PARAMS_DIR, read_params_file
+
+    files = sorted(PARAMS_DIR.glob("*.yaml"))
+    assert {p.name for p in files} >= {"small.yaml", "mimic_biomedclip.yaml"}
+    cells = {}
+    for nb in NOTEBOOKS:
+        params = [c for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
+        ns: dict = {}
+        exec(params[0].source, ns)  # the parameters cell is plain assignments
+        cells[nb.stem] = {k for k in ns if not k.startswith("__")}
+    for f in files:
+        for name, values in read_params_file(f).items():
+            allowed = set.intersection(*cells.values()) if name == "all" else cells[name]
+            assert set(values) <= allowed, f"{f.name}: {name} has no parameters {set(values) - allowed}"
+
+
+def test_params_file_overrides_small_mode(tmp_path):
+    extra = tmp_path / "p.yaml"
+    extra.write_text("all:\n  device: cuda\n01_embed:\n  clip_steps: 3\n")
+    p = notebook_parameters("01_embed", tmp_path, "small", extra)
+    assert p["device"] == "cuda" and p["clip_steps"] == 3 and p["clip_batch_size"] == 16
+    assert p["run_dir"] == str(tmp_path.resolve())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("01_embd:\n  clip_steps: 3\n")
+    with pytest.raises(ValueError, match="01_embd"):
+        notebook_parameters("01_embed", tmp_path, "demo", bad)

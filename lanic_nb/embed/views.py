@@ -8,10 +8,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_curve
 
 from lanic_nb.images import ImageReadError, load_image
 from lanic_nb.manifest import FINDINGS, resolve_image_path
+from lanic_nb.metrics import roc_points
 
 
 def plot_losses(losses: Sequence[float], batch_size: int):
@@ -73,7 +73,7 @@ def plot_zeroshot_roc(manifest: pd.DataFrame, scores: pd.DataFrame, split: str =
         keep = y != -1
         yb = (y[keep] == 1).astype(int)
         if 0 < yb.sum() < len(yb):
-            fpr, tpr, _ = roc_curve(yb, scores[f].to_numpy()[sel][keep])
+            fpr, tpr = roc_points(yb, scores[f].to_numpy()[sel][keep])
             auc = (metrics or {}).get("zeroshot_auroc", {}).get(f)
             ax.plot(fpr, tpr, label=f"{f}" + (f" ({auc:.2f})" if auc is not None else ""))
     ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1)

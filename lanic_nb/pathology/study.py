@@ -34,7 +34,8 @@ from lanic_nb.pathology.extras import import_extra
 from lanic_nb.patterns.merge import MergeConfig, merge_latents
 from lanic_nb.patterns.units import latent_alive, pattern_activations
 from lanic_nb.progress import progress as progress_bar
-from lanic_nb.transcoder.model import TranscoderConfig, train_ensemble
+from lanic_nb.transcoder.config import TranscoderConfig
+from lanic_nb.transcoder.train import train_ensemble
 
 log = logging.getLogger(__name__)
 

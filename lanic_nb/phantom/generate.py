@@ -9,14 +9,13 @@ Randomness: image ``i`` draws only from generators seeded by ``(seed, i)`` and i
 seed. Every concept's parameters are drawn whether or not it is present, so forcing one concept on or
 off (``generate_image(..., force=...)``) leaves the rest of the image unchanged.
 """
-
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,199 +24,12 @@ from PIL import Image
 
 from lanic_nb.io import atomic_path, read_json, write_json, write_table
 from lanic_nb.manifest import FINDINGS, conform, split_by_patient
-from lanic_nb.phantom.draw import SIDE_SIGN, render, sample_anatomy
+from lanic_nb.phantom.config import CONCEPT_NAMES, CONCEPTS, FINDING_TO_CONCEPT, PhantomConfig, Planted
+from lanic_nb.phantom.draw import render, sample_anatomy
 from lanic_nb.progress import progress
 from lanic_nb.rundir import RunDir
 
 log = logging.getLogger(__name__)
-
-CATEGORIES: tuple[str, ...] = ("cardiac", "pulmonary", "pleural", "structural", "device", "artifact")
-
-
-@dataclass(frozen=True)
-class Concept:
-    """One plantable concept."""
-
-    name: str
-    category: str
-    description: str
-    has_side: bool
-    # Sides it may take when present ("" for concepts without laterality).
-    sides: tuple[str, ...] = ("",)
-    prevalence: float = 0.1
-
-
-_LR = ("left", "right")
-_LRB = ("left", "right", "bilateral")
-
-CONCEPTS: dict[str, Concept] = {
-    c.name: c
-    for c in (
-        Concept(
-            "cardiomegaly",
-            "cardiac",
-            "enlarged heart, cardiothoracic ratio above 0.5",
-            False,
-            prevalence=0.25,
-        ),
-        Concept(
-            "pleural_effusion", "pleural", "fluid with a meniscus at a costophrenic angle", True, _LRB, 0.25
-        ),
-        Concept(
-            "pneumothorax",
-            "pleural",
-            "apical/lateral air without lung markings, visceral pleural line",
-            True,
-            _LR,
-            0.08,
-        ),
-        Concept(
-            "edema",
-            "pulmonary",
-            "bilateral perihilar haze with interstitial (Kerley) lines",
-            True,
-            ("bilateral",),
-            0.18,
-        ),
-        Concept("consolidation", "pulmonary", "dense patchy airspace opacity in one lung", True, _LR, 0.18),
-        Concept("atelectasis", "pulmonary", "plate-like basal opacity with volume loss", True, _LRB, 0.2),
-        Concept("nodule", "pulmonary", "small round opacity", True, _LR, 0.1),
-        Concept(
-            "endotracheal_tube",
-            "device",
-            "tube in the trachea ending above the carina",
-            False,
-            prevalence=0.1,
-        ),
-        Concept(
-            "nasogastric_tube",
-            "device",
-            "thin tube down the oesophagus into the stomach",
-            False,
-            prevalence=0.1,
-        ),
-        Concept(
-            "central_venous_catheter", "device", "line from the subclavian vein into the SVC", True, _LR, 0.15
-        ),
-        Concept(
-            "pacemaker", "device", "generator in the upper chest with leads into the heart", True, _LR, 0.08
-        ),
-        Concept("sternotomy_wires", "device", "loops of wire along the sternum", False, prevalence=0.08),
-        Concept("ecg_electrodes", "device", "round electrode snaps on the chest wall", False, prevalence=0.2),
-        Concept("laterality_marker", "artifact", "an L or R marker letter", True, _LR, 0.6),
-        Concept("burned_in_text", "artifact", "patient ID text burned into the image", False, prevalence=0.3),
-        Concept(
-            "collimation", "artifact", "unexposed bright borders from the collimator", False, prevalence=0.25
-        ),
-        Concept("grid_lines", "artifact", "fine vertical anti-scatter grid lines", False, prevalence=0.15),
-        Concept("motion_blur", "artifact", "blur from patient motion", False, prevalence=0.1),
-        Concept("underexposure", "artifact", "pale, noisy, low-contrast film", False, prevalence=0.1),
-        Concept(
-            "portable_marker",
-            "artifact",
-            "the word PORTABLE burned in (AP bedside film)",
-            False,
-            prevalence=0.1,
-        ),
-        Concept("scoliosis", "structural", "lateral curvature of the spine", False, prevalence=0.1),
-        Concept(
-            "hyperinflation",
-            "structural",
-            "low flat diaphragms, tall lungs, narrow heart",
-            False,
-            prevalence=0.1,
-        ),
-        Concept("elevated_hemidiaphragm", "structural", "one hemidiaphragm raised", True, _LR, 0.1),
-    )
-}
-CONCEPT_NAMES: tuple[str, ...] = tuple(CONCEPTS)
-
-# The classified findings and the concept that plants each.
-FINDING_TO_CONCEPT: dict[str, str] = {
-    "Atelectasis": "atelectasis",
-    "Cardiomegaly": "cardiomegaly",
-    "Consolidation": "consolidation",
-    "Edema": "edema",
-    "Pleural Effusion": "pleural_effusion",
-}
-assert tuple(FINDING_TO_CONCEPT) == FINDINGS
-
-
-@dataclass
-class PhantomConfig:
-    """Size, randomness and planting rates of a phantom dataset."""
-
-    n_images: int = 3000
-    """Number of images."""
-    image_size: int = 224
-    """Side of the square images in pixels."""
-    seed: int = 0
-    """Seed of everything random (images, reports, splits)."""
-    images_per_patient: int = 2
-    """Consecutive images that share a patient (anatomy); splits never separate them."""
-    prevalence: dict[str, float] = field(default_factory=dict)
-    """Per-concept presence probability overrides (concept name -> [0, 1]); not for the shortcut concept,
-    whose presence follows ``shortcut_strength`` / ``shortcut_base``."""
-    shortcut_concept: str = "portable_marker"
-    """The concept planted to co-occur with ``shortcut_finding`` (empty string: no shortcut)."""
-    shortcut_finding: str = "Pleural Effusion"
-    """The finding the shortcut follows."""
-    shortcut_strength: float = 0.9
-    """P(shortcut concept | finding present)."""
-    shortcut_base: float = 0.1
-    """P(shortcut concept | finding absent)."""
-    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    """Train / val / test fractions of patients."""
-
-    def __post_init__(self) -> None:
-        for name in ("n_images", "image_size", "images_per_patient"):
-            if not isinstance(getattr(self, name), int | np.integer) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be at least 32 pixels, got {self.image_size}")
-        if not isinstance(self.seed, int | np.integer) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        for name, p in self.prevalence.items():
-            if name not in CONCEPTS:
-                raise ValueError(
-                    f"prevalence names unknown concept {name!r}; known: {', '.join(CONCEPT_NAMES)}"
-                )
-            if not 0.0 <= float(p) <= 1.0:
-                raise ValueError(f"prevalence[{name!r}] must be in [0, 1], got {p}")
-        if self.shortcut_concept and self.shortcut_concept not in CONCEPTS:
-            raise ValueError(f"shortcut_concept {self.shortcut_concept!r} is not a known concept")
-        if self.shortcut_concept and self.shortcut_concept in self.prevalence:
-            raise ValueError(
-                f"prevalence[{self.shortcut_concept!r}] cannot be set while it is the shortcut_concept; "
-                "use shortcut_strength and shortcut_base"
-            )
-        if self.shortcut_concept in FINDING_TO_CONCEPT.values():
-            raise ValueError(
-                f"shortcut_concept must not be a classified finding, got {self.shortcut_concept!r}"
-            )
-        if self.shortcut_finding not in FINDING_TO_CONCEPT:
-            raise ValueError(f"shortcut_finding must be one of {FINDINGS}, got {self.shortcut_finding!r}")
-        for name in ("shortcut_strength", "shortcut_base"):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        fr = tuple(float(f) for f in self.split_fractions)
-        if len(fr) != 3 or min(fr) < 0 or not np.isclose(sum(fr), 1.0):
-            raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {fr}")
-        self.split_fractions = fr
-
-    def prevalence_of(self, concept: str) -> float:
-        return float(self.prevalence.get(concept, CONCEPTS[concept].prevalence))
-
-
-@dataclass(frozen=True)
-class Planted:
-    """The truth about one concept in one image."""
-
-    concept: str
-    present: bool
-    side: str
-    severity: float
-
 
 def patient_index(cfg: PhantomConfig, index: int) -> int:
     return index // cfg.images_per_patient
@@ -404,22 +216,3 @@ def summarize(cfg: PhantomConfig, manifest: pd.DataFrame, gt: pd.DataFrame) -> d
             "p_concept_given_no_finding": float(s[~f].mean()) if (~f).any() else float("nan"),
         }
     return out
-
-
-__all__ = [
-    "CATEGORIES",
-    "CONCEPTS",
-    "CONCEPT_NAMES",
-    "FINDING_TO_CONCEPT",
-    "SIDE_SIGN",
-    "Concept",
-    "PhantomConfig",
-    "Planted",
-    "generate_image",
-    "image_id",
-    "make_phantom_dataset",
-    "patient_index",
-    "sample_truth",
-    "summarize",
-    "view_of",
-]

@@ -13,13 +13,8 @@ from PIL import Image
 from lanic_nb.evaluation import ground_truth_matrix, load_ground_truth
 from lanic_nb.io import read_json
 from lanic_nb.manifest import FINDINGS
-from lanic_nb.phantom.generate import (
-    CONCEPT_NAMES,
-    CONCEPTS,
-    FINDING_TO_CONCEPT,
-    PhantomConfig,
-    generate_image,
-)
+from lanic_nb.phantom.config import CONCEPT_NAMES, CONCEPTS, FINDING_TO_CONCEPT, PhantomConfig
+from lanic_nb.phantom.generate import generate_image
 from lanic_nb.rundir import RunDir
 
 _LABEL = {1.0: "+", 0.0: "-", -1.0: "?"}

@@ -7,6 +7,9 @@ The model code is in ``lanic_nb.transcoder.model``; this module only connects it
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +17,66 @@ import pandas as pd
 import torch
 
 from lanic_nb.classify import DiagnosticClassifier, load_classifier, load_stage_data
+from lanic_nb.device import pick_device, seed_everything
 from lanic_nb.io import write_table
-from lanic_nb.rundir import RunDir
-from lanic_nb.transcoder.model import TranscoderConfig, TranscoderEnsemble, ensemble_metrics, train_ensemble
+from lanic_nb.rundir import RunDir, record_metrics
+from lanic_nb.transcoder.config import TranscoderConfig
+from lanic_nb.transcoder.metrics import ensemble_metrics
+from lanic_nb.transcoder.model import TranscoderEnsemble
+from lanic_nb.transcoder.train import train_ensemble
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TranscodersConfig:
+    """Parameters of notebook 03 (its demo defaults)."""
+
+    device: str = "auto"
+    n_members: int = 100
+    """Ensemble size, as in CXR-LanIC."""
+    d_dict: int = 256
+    """Latents per member."""
+    k: int = 16
+    """Active latents per image (topk / batchtopk)."""
+    activation: str = "topk"
+    """"topk" | "batchtopk" | "relu" | "jumprelu"."""
+    l1_coeff: float = 0.0
+    """Sparsity penalty for relu / jumprelu."""
+    steps: int = 600
+    batch_size: int = 128
+    lr: float = 2e-3
+    bootstrap: bool = False
+    """Each member on its own bootstrap resample of the training images."""
+    seed: int = 0
+    checkpoint_every: int = 200
+
+
+@dataclass
+class TranscodersResult:
+    model: TranscoderEnsemble
+    log: pd.DataFrame
+    """The training log (one row per logged step, means over members)."""
+    members: pd.DataFrame
+    """One row per member on the test split (``transcoders/metrics.parquet``)."""
+    summary: dict
+    """What ``metrics/03_transcoders.json`` records."""
+
+
+def run_transcoders(run_dir: str | Path, cfg: TranscodersConfig | None = None) -> TranscodersResult:
+    """The transcoder stage: train, evaluate and write the ensemble, then record its summary figures."""
+    cfg = cfg or TranscodersConfig()
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    params = {k: v for k, v in asdict(cfg).items() if k != "device"}
+    t0 = time.perf_counter()
+    model, train_log, members = fit_transcoder_stage(run_dir, device, **params)
+    summary = summarize(members)
+    summary["train_seconds"] = time.perf_counter() - t0
+    record_metrics(run_dir, "03_transcoders", summary)
+    log.info("%d members x %d latents, %d steps in %.0f s on %s", cfg.n_members, cfg.d_dict, cfg.steps,
+             summary["train_seconds"], device)
+    return TranscodersResult(model, train_log, members, summary)
 
 
 @torch.no_grad()

@@ -27,7 +27,8 @@ from lanic_nb.manifest import FINDINGS
 from lanic_nb.metrics import unit_aurocs
 from lanic_nb.patterns.merge import MergeConfig, PatternSet
 from lanic_nb.patterns.units import pattern_activations
-from lanic_nb.phantom.generate import FINDING_TO_CONCEPT, PhantomConfig, make_phantom_dataset
+from lanic_nb.phantom.config import FINDING_TO_CONCEPT, PhantomConfig
+from lanic_nb.phantom.generate import make_phantom_dataset
 from lanic_nb.rundir import RunDir, load_metrics
 
 METRIC_KEYS = {"n_images", "n_patterns", "identity_max_error", "patterns_for_90", "deletion_k", "deletion_ratio",

@@ -32,7 +32,7 @@ from lanic_nb.concepts.vocabulary import (
     match_concept,
 )
 from lanic_nb.data.openi import read_openi_reports
-from lanic_nb.phantom.generate import CONCEPTS
+from lanic_nb.phantom.config import CONCEPTS
 
 
 @functools.cache

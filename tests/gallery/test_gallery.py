@@ -28,7 +28,8 @@ from lanic_nb.gallery.stage import GalleryConfig, run_gallery
 from lanic_nb.gallery.widgets import ImageView, PatternGallery, gallery_app
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.rundir import RunDir, load_metrics
-from lanic_nb.transcoder.model import TranscoderConfig, TranscoderEnsemble
+from lanic_nb.transcoder.config import TranscoderConfig
+from lanic_nb.transcoder.model import TranscoderEnsemble
 
 N_IMG, N_PAT = 14, 9
 CATS = ("cardiac", "pleural", "device")

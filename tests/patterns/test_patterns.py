@@ -20,7 +20,8 @@ from lanic_nb.patterns.units import (
     pattern_activations,
     pattern_stats,
 )
-from lanic_nb.transcoder.model import TranscoderConfig, TranscoderEnsemble
+from lanic_nb.transcoder.config import TranscoderConfig
+from lanic_nb.transcoder.model import TranscoderEnsemble
 
 
 def _pure_and_complete(ps: PatternSet, truth: torch.Tensor) -> None:

@@ -1,0 +1,103 @@
+"""The embedding stage of a run (notebook 01): the encoder, every image, report and sentence embedded, and
+how well the encoder reads the images (retrieval, zero-shot).
+
+With ``model="small"`` the small CLIP is trained on the train split's image-report pairs and saved as an
+open_clip folder in ``clip/``; otherwise the named encoder is loaded (``hf-hub:`` BiomedCLIP, a folder).
+Writes ``embed/`` (the memory-mapped store), ``clip/zeroshot_scores.parquet`` + ``clip/metrics.json``
+and ``metrics/01_embed.json``. Training stages never read the planted truth; this one reads only the
+manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lanic_nb.device import pick_device, seed_everything
+from lanic_nb.embed.clip_eval import write_clip_evaluation
+from lanic_nb.embed.clip_small import SmallClipConfig, fit_small_clip
+from lanic_nb.embed.encoders import Encoder, load_encoder
+from lanic_nb.embed.store import EmbeddingStore, embed_manifest
+from lanic_nb.io import read_table
+from lanic_nb.rundir import RunDir, record_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedConfig:
+    """Parameters of notebook 01 (its demo defaults)."""
+
+    device: str = "auto"
+    model: str = "small"
+    """"small" (train here), "hf-hub:org/repo", or a local open_clip folder."""
+    dataset: str = "phantom"
+    """Which dataset notebook 00 put into the run (the small model needs reports)."""
+    manifest_path: str = ""
+    """Empty: the run's data/manifest.parquet; image paths are relative to its folder."""
+    clip_steps: int = 4000
+    clip_batch_size: int = 64
+    clip_image_size: int = 64
+    clip_lr: float = 1e-3
+    batch_size: int = 128
+    num_workers: int = 2
+    seed: int = 0
+
+
+@dataclass
+class EmbedResult:
+    encoder: Encoder
+    manifest: pd.DataFrame
+    data_dir: Path
+    """The folder image paths of the manifest are relative to."""
+    store: EmbeddingStore
+    train_log: dict | None
+    """The small CLIP's training (losses per step, seconds, pairs); None for a loaded encoder."""
+    clip_metrics: dict
+    """Retrieval and zero-shot figures on the test split (``clip/metrics.json``)."""
+    zeroshot: pd.DataFrame
+    """Zero-shot scores of every image (``clip/zeroshot_scores.parquet``)."""
+    summary: dict
+    """What ``metrics/01_embed.json`` records."""
+
+
+def run_embed(run_dir: str | Path, cfg: EmbedConfig | None = None) -> EmbedResult:
+    """Train or load the encoder, embed the whole manifest (resumably), evaluate, record the figures."""
+    cfg = cfg or EmbedConfig()
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    rd = RunDir(Path(run_dir))
+    mpath = Path(cfg.manifest_path) if cfg.manifest_path else rd.manifest
+    manifest = read_table(mpath)
+    log.info("%s: %d images, device %s", cfg.dataset, len(manifest), device)
+    train_log = None
+    if cfg.model == "small":
+        clip_cfg = SmallClipConfig(steps=cfg.clip_steps, batch_size=cfg.clip_batch_size,
+                                   image_size=cfg.clip_image_size, lr=cfg.clip_lr, seed=cfg.seed)
+        encoder, train_log = fit_small_clip(run_dir, clip_cfg, device)
+        log.info("small CLIP trained on %d pairs in %.0f s", train_log["n_pairs"], train_log["train_seconds"])
+    else:
+        encoder = load_encoder(cfg.model, device)
+    store = embed_manifest(run_dir, encoder, manifest, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                           data_dir=mpath.parent)
+    clip_metrics = write_clip_evaluation(run_dir, encoder, manifest, store.image, store.report)
+    summary = {
+        "encoder": encoder.name,
+        "embed_dim": encoder.embed_dim,
+        "n_images": int(len(manifest)),
+        "n_ok": int(store.ok.sum()),
+        "n_sentences": int(store.sentence.shape[0]),
+        "recall@10": clip_metrics["recall@10"],
+        "recall@10_chance": clip_metrics["recall@10_chance"],
+        "zeroshot_auroc": clip_metrics["zeroshot_auroc"],
+        "zeroshot_auroc_mean": clip_metrics["zeroshot_auroc_mean"],
+    }
+    if train_log is not None:
+        summary.update(clip_train_seconds=train_log["train_seconds"], clip_final_loss=train_log["losses"][-1],
+                       clip_steps=len(train_log["losses"]))
+    record_metrics(run_dir, "01_embed", summary)
+    zeroshot = read_table(rd.clip / "zeroshot_scores.parquet")
+    return EmbedResult(encoder, manifest, mpath.parent, store, train_log, clip_metrics, zeroshot, summary)

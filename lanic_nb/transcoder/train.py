@@ -1,0 +1,168 @@
+"""Training the ensemble: per-member sampling, resumable checkpoints, the optimizer and the training loop.
+
+Every member keeps its own generators, so member i trained in the ensemble equals a single transcoder
+trained with seed i."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
+from lanic_nb.progress import progress as progress_bar
+from lanic_nb.transcoder.config import TranscoderConfig, TranscoderOutput
+from lanic_nb.transcoder.model import TranscoderEnsemble
+
+log = logging.getLogger(__name__)
+
+
+
+
+
+class _MemberSampler:
+    """Per-member row sampling: an optional bootstrap resample, then minibatches, each from its own generator."""
+
+    def __init__(self, n_rows: int, cfg: TranscoderConfig):
+        # A stream of its own per member, distinct from the one its initialization drew from.
+        self.gens = [torch.Generator().manual_seed(int(np.random.SeedSequence([s, 1]).generate_state(1)[0]))
+                     for s in cfg.member_seeds]
+        self.rows = [torch.randint(n_rows, (n_rows,), generator=g) if cfg.bootstrap else torch.arange(n_rows)
+                     for g in self.gens]
+        self.batch_size = cfg.batch_size
+
+    def next(self) -> torch.Tensor:
+        """Row indices for one step  # (n_members, batch)."""
+        return torch.stack([r[torch.randint(len(r), (self.batch_size,), generator=g)]
+                            for r, g in zip(self.rows, self.gens, strict=True)])
+
+    def state(self) -> torch.Tensor:
+        return torch.stack([g.get_state() for g in self.gens])  # (n_members, state bytes) uint8
+
+    def set_state(self, states: torch.Tensor) -> None:
+        for g, s in zip(self.gens, states, strict=True):
+            g.set_state(s.clone())
+
+
+def _save_checkpoint(folder: Path, model: TranscoderEnsemble, opt: torch.optim.Optimizer,
+                     sampler: _MemberSampler, step: int, log_rows: list[dict]) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, val in opt.state.get(p, {}).items():
+                tensors[f"opt.{names[id(p)]}.{key}"] = torch.as_tensor(val).reshape(-1) if key == "step" else val
+    tensors["rng"] = sampler.state()
+    write_tensors(folder / "checkpoint.safetensors", tensors)
+    # The JSON goes last: a checkpoint counts only once its JSON names the step (both writes are atomic).
+    write_json(folder / "checkpoint.json", {"step": step, "config": model.cfg.to_dict(), "log": log_rows})
+
+
+def _load_checkpoint(folder: Path, model: TranscoderEnsemble, opt: torch.optim.Optimizer,
+                     sampler: _MemberSampler) -> tuple[int, list[dict]] | None:
+    meta_path = folder / "checkpoint.json"
+    if not meta_path.exists():
+        return None
+    meta = read_json(meta_path)
+    saved = {k: v for k, v in meta["config"].items() if k != "steps"}
+    ours = {k: v for k, v in model.cfg.to_dict().items() if k != "steps"}
+    if saved != ours:
+        log.warning("checkpoint in %s has a different config; starting afresh", folder)
+        return None
+    tensors = read_tensors(folder / "checkpoint.safetensors")
+    device = model.W_enc.device
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    params = dict(model.named_parameters())
+    for name, p in params.items():
+        st = {key.rsplit(".", 1)[1]: v.to(device) for key, v in tensors.items()
+              if key.startswith(f"opt.{name}.") and key.count(".") == name.count(".") + 2}
+        if st:
+            st["step"] = st["step"].reshape(())  # fused AdamW keeps its step count on the parameter's device
+            opt.state[p] = st
+    sampler.set_state(tensors["rng"])
+    return int(meta["step"]), list(meta["log"])
+
+
+def _subset_means(t: torch.Tensor, rows: list[torch.Tensor], bootstrap: bool) -> torch.Tensor:
+    """Column means over each member's rows  # (n_members, width); without bootstrap all share the same rows."""
+    if not bootstrap:
+        return t.mean(0).expand(len(rows), -1)
+    return torch.stack([t[r.to(t.device)].mean(0) for r in rows])
+
+
+def make_optimizer(model: TranscoderEnsemble) -> torch.optim.AdamW:
+    """AdamW over all members' stacked parameters (elementwise, so members stay independent)."""
+    # fused: one pass per tensor (same elementwise arithmetic); on 2 CPU cores about 8x faster than the
+    # default, which for 100 members is the difference between Adam costing a tenth or half of a step.
+    return torch.optim.AdamW(model.parameters(), lr=model.cfg.lr, weight_decay=model.cfg.weight_decay,
+                             fused=True)
+
+
+def train_step(model: TranscoderEnsemble, opt: torch.optim.Optimizer, x: torch.Tensor,
+               h: torch.Tensor) -> TranscoderOutput:
+    """One optimizer step for all members on their own minibatches x (n_members, batch, d_in), h (..., d_out)."""
+    out = model(x, h)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    opt.step()
+    with torch.no_grad():
+        fired = (out.codes > 0).any(dim=1)  # (n_members, d_dict)
+        model.steps_since_fired.add_(1).masked_fill_(fired, 0)
+        if model.cfg.normalize_decoder:
+            model.normalize_decoder_()
+    return out
+
+
+def train_ensemble(
+    cfg: TranscoderConfig, X: torch.Tensor | np.ndarray, H: torch.Tensor | np.ndarray, device="cpu",
+    checkpoint_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
+) -> tuple[TranscoderEnsemble, pd.DataFrame]:
+    """Train all members at once on inputs X (n, d_in) and targets H (n, d_out).
+
+    With ``checkpoint_dir`` the full state (weights, optimizer moments, every member's RNG state, step,
+    log) is written every ``cfg.checkpoint_every`` steps and at the end; with ``resume`` a later call
+    continues from it, and the result equals one uninterrupted run (``steps`` may be raised to go on).
+    The log has one row per logging step: step, and per-member means of loss terms, FVU and L0.
+    """
+    device = torch.device(device)
+    X = torch.as_tensor(np.asarray(X, dtype=np.float32)).to(device)
+    H = torch.as_tensor(np.asarray(H, dtype=np.float32)).to(device)
+    if X.shape[1] != cfg.d_in or H.shape[1] != cfg.d_out or len(X) != len(H):
+        raise ValueError(f"X must be (n, d_in={cfg.d_in}) and H (n, d_out={cfg.d_out}); got {tuple(X.shape)}, "
+                         f"{tuple(H.shape)}")
+    model = TranscoderEnsemble(cfg).to(device)
+    sampler = _MemberSampler(len(X), cfg)
+    model.init_biases(_subset_means(X, sampler.rows, cfg.bootstrap), _subset_means(H, sampler.rows, cfg.bootstrap))
+    # 512 rows fix one scale factor per member well enough; more would cost (n_members, rows, d_dict) memory.
+    init_rows = torch.stack([r[:512] for r in sampler.rows]).to(device)  # (n_members, <=512)
+    model.init_encoder_scale(X[init_rows], H[init_rows])
+    opt = make_optimizer(model)
+    step, log_rows = 0, []
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None and resume and (loaded := _load_checkpoint(ckpt, model, opt, sampler)) is not None:
+        step, log_rows = loaded
+        log.info("resumed transcoder training at step %d", step)
+    log_every = max(1, cfg.steps // 50)
+    model.train()
+    bar = progress_bar(range(step, cfg.steps), desc="transcoders", disable=not progress, initial=step, total=cfg.steps)
+    for step in bar:
+        model._steps_done = step
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        idx = sampler.next().to(device)  # (n_members, batch)
+        out = train_step(model, opt, X[idx], H[idx])
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            l0 = (out.codes > 0).sum(-1).float().mean(-1)
+            log_rows.append(dict(step=step + 1, loss=out.loss.item() / cfg.n_members, fvu=out.fvu.mean().item(),
+                                 aux=out.aux_loss.mean().item(), l0=l0.mean().item(),
+                                 dead=((model.steps_since_fired >= cfg.dead_steps) & model.latent_mask).float()
+                                 .sum(-1).div(model.latent_mask.sum(-1)).mean().item()))
+            bar.set_postfix(fvu=f"{log_rows[-1]['fvu']:.3f}", l0=f"{log_rows[-1]['l0']:.1f}", refresh=False)
+        if ckpt is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+            _save_checkpoint(ckpt, model, opt, sampler, step + 1, log_rows)
+    model._steps_done = cfg.steps
+    model.eval()
+    return model, pd.DataFrame(log_rows)
