@@ -2,7 +2,8 @@
 
 The phantom's ground-truth table (every planted concept: presence, side, severity, category) is what
 later stages are benchmarked against. Training stages must never see it, so this module is the ONLY
-place in the package that opens ``ground_truth.parquet``; evaluation code calls ``load_ground_truth``.
+place in the package that opens ``ground_truth.parquet`` (and ``states.parquet``, the latent states behind the
+concepts' co-occurrence); evaluation code calls ``load_ground_truth`` / ``load_states``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ def load_ground_truth(run_dir: str | Path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"ground truth at {path} lacks columns {missing}")
     return gt
+
+
+def load_states(run_dir: str | Path) -> pd.DataFrame:
+    """The phantom's latent states per image (acuity, cardiac history, chronic lung disease, rotated)."""
+    path = RunDir(Path(run_dir)).states
+    if not path.exists():
+        raise FileNotFoundError(f"no latent states at {path}: only phantom runs have them")
+    return read_table(path)
 
 
 def ground_truth_matrix(gt: pd.DataFrame, image_ids: Sequence[str], value: str = "present") -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""Ranking metrics, in one place: AUROC (one score or a matrix of units x concepts), AUPRC, bootstrap CIs.
+"""Ranking metrics, in one place: AUROC (one score or a matrix of units x concepts), AUPRC, bootstrap CIs,
+and the linear-probe AUROC of a representation.
 
 Every stage that scores a classifier, a unit or a probe calls these, so an AUROC printed by notebook 02
 and one printed by notebook 04 are the same computation. AUROC is the Mann-Whitney statistic with ties
@@ -11,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 from scipy.stats import rankdata
+from sklearn.linear_model import LogisticRegression
 
 
 def auroc_matrix(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -104,3 +106,29 @@ def bootstrap_metric(
     vals = vals[np.isfinite(vals)]
     lo, hi = (np.percentile(vals, [2.5, 97.5]) if len(vals) else (np.nan, np.nan))
     return point, float(lo), float(hi)
+
+
+def probe_aurocs(features: np.ndarray, presence: np.ndarray, train: np.ndarray, test: np.ndarray,
+                 C: float = 1.0) -> np.ndarray:
+    """(n_concepts,) test-split AUROC of one logistic probe per concept on ``features`` (n, d).
+
+    Each probe is fitted on the ``train`` rows (features standardized by the train rows' mean and std) and
+    scored on the ``test`` rows: how well *any* linear read-out of this representation finds the concept,
+    an upper reference for a single unit. NaN where a concept has one class only in train or in test.
+    """
+    X = np.asarray(features, dtype=np.float64)
+    y = np.asarray(presence, dtype=bool)
+    train, test = np.asarray(train, dtype=bool), np.asarray(test, dtype=bool)
+    if len(X) != len(y) or len(train) != len(X) or len(test) != len(X):
+        raise ValueError(f"features ({len(X)}), presence ({len(y)}), train ({len(train)}) and test ({len(test)}) "
+                         "must have one row per image")
+    mu, sd = X[train].mean(0), X[train].std(0) + 1e-8
+    Xs = (X - mu) / sd
+    out = np.full(y.shape[1], np.nan)
+    for j in range(y.shape[1]):
+        ytr, yte = y[train, j], y[test, j]
+        if ytr.all() or not ytr.any() or yte.all() or not yte.any():
+            continue
+        clf = LogisticRegression(C=C, max_iter=5000).fit(Xs[train], ytr)
+        out[j] = auroc(yte, clf.decision_function(Xs[test]))
+    return out

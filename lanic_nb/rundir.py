@@ -1,7 +1,7 @@
 """The stable layout of one run directory. Every stage reads earlier stages' artifacts from here.
 
     runs/<name>/
-      data/          manifest.parquet, images/, meta.json, ground_truth.parquet (EVALUATION ONLY)
+      data/          manifest.parquet, images/, meta.json, ground_truth.parquet + states.parquet (EVALUATION ONLY)
       clip/          the small CLIP (open_clip config + safetensors + tokenizer/), metrics.json
       embed/         the embedding store (header.json, *.f32 memmaps, status.parquet)
       classifier/    model.safetensors, config.json, metrics.csv
@@ -49,6 +49,11 @@ class RunDir:
     def ground_truth(self) -> Path:
         # Only evaluation code may open this (tests enforce it): see lanic_nb.evaluation.
         return self.data / "ground_truth.parquet"
+
+    @property
+    def states(self) -> Path:
+        # The phantom's latent states per image (acuity, histories, technique): evaluation only, as above.
+        return self.data / "states.parquet"
 
     @property
     def clip(self) -> Path:

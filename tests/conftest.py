@@ -50,8 +50,9 @@ class SmallRun:
         return self.root
 
 
-# Training stages must never read the planted truth: while they run, ground_truth.parquet is replaced by a
-# file that exists but cannot be parsed, so any read (direct or behind an exists() check) fails the notebook.
+# Training stages must never read the planted truth: while they run, ground_truth.parquet and states.parquet
+# are replaced by files that exist but cannot be parsed, so any read (direct or behind an exists() check)
+# fails the notebook.
 TRAINING_STAGES = ("01", "02", "03")
 POISON = b"ground truth is evaluation-only; a training stage tried to read it\n"
 
@@ -60,17 +61,16 @@ POISON = b"ground truth is evaluation-only; a training stage tried to read it\n"
 def poisoned_ground_truth(run_dir: Path, active: bool = True):
     from lanic_nb.rundir import RunDir
 
-    truth = RunDir(run_dir).data / "ground_truth.parquet"
-    if not active or not truth.exists():
-        yield
-        return
-    aside = truth.with_name(".ground_truth.parquet.aside")
-    os.replace(truth, aside)
-    truth.write_bytes(POISON)
+    rd = RunDir(run_dir)
+    files = [p for p in (rd.ground_truth, rd.states) if p.exists()] if active else []
+    for truth in files:
+        os.replace(truth, truth.with_name(f".{truth.name}.aside"))
+        truth.write_bytes(POISON)
     try:
         yield
     finally:
-        os.replace(aside, truth)
+        for truth in files:
+            os.replace(truth.with_name(f".{truth.name}.aside"), truth)
 
 
 @pytest.fixture(scope="session")

@@ -108,8 +108,8 @@ def test_generated_reports_read_back_as_written():
     cfg = PhantomConfig(n_images=400)
     seen = {1.0: 0, 0.0: 0, -1.0: 0}
     for i in range(400):
-        rows, _, _ = sample_truth(cfg, i)
-        rep = make_report(rows, np.random.default_rng([cfg.seed, 2, i]), view=view_of(rows))
+        rows, _, _, st = sample_truth(cfg, i)
+        rep = make_report(rows, np.random.default_rng([cfg.seed, 2, i]), view=view_of(rows), rotated=st["rotated"])
         got = label_report(rep.text)
         for f in FINDINGS:
             want = rep.intended[f]
@@ -122,7 +122,7 @@ def test_generated_reports_read_back_as_written():
 
 
 def test_reports_vary_and_are_seeded():
-    rows, _, _ = sample_truth(PhantomConfig(), 2)
+    rows, _, _, _ = sample_truth(PhantomConfig(), 2)
     a = make_report(rows, np.random.default_rng(1)).text
     assert a == make_report(rows, np.random.default_rng(1)).text
     texts = {make_report(rows, np.random.default_rng(s)).text for s in range(20)}
@@ -142,3 +142,22 @@ def test_sentence_split_keeps_decimals():
         "no effusion.",
         "impression: clear",
     ]
+
+
+def test_reports_mention_technique_but_not_detector_artifacts():
+    """Radiologists report portable technique, motion, exposure and rotation, never markers, burned-in text,
+    grid lines or collimation."""
+    cfg = PhantomConfig(n_images=600)
+    rotated_said = 0
+    for i in range(600):
+        rows, _, _, st = sample_truth(cfg, i)
+        text = make_report(rows, np.random.default_rng([cfg.seed, 2, i]), view=view_of(rows),
+                           rotated=st["rotated"]).text
+        low = text.lower()
+        for word in ("marker", "grid", "collimat", "burned", "text"):
+            assert word not in low, (word, text)
+        assert ("rotat" in low) <= st["rotated"]
+        rotated_said += "rotat" in low
+        present = {r.concept: r.present for r in rows}
+        assert ("portable ap" in low) == present["portable_marker"]
+    assert rotated_said > 20

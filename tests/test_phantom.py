@@ -132,21 +132,70 @@ def test_every_other_concept_is_visible(concept):
     assert np.abs(on.astype(int) - off.astype(int)).mean() > 0.3
 
 
-def test_shortcut_follows_its_finding():
-    cfg = PhantomConfig(n_images=3000, shortcut_strength=0.9, shortcut_base=0.05)
-    rows = [{r.concept: r.present for r in sample_truth(cfg, i)[0]} for i in range(1500)]
-    df = pd.DataFrame(rows)
-    eff = df["pleural_effusion"]
-    assert df.loc[eff, "portable_marker"].mean() == pytest.approx(0.9, abs=0.05)
-    assert df.loc[~eff, "portable_marker"].mean() == pytest.approx(0.05, abs=0.03)
-    off = pd.DataFrame(
-        [
-            {r.concept: r.present for r in sample_truth(PhantomConfig(shortcut_concept=""), i)[0]}
-            for i in range(1500)
-        ]
-    )
-    p = off.groupby("pleural_effusion")["portable_marker"].mean()
-    assert abs(p[True] - p[False]) < 0.08
+def _truth_and_states(cfg: PhantomConfig, n: int) -> pd.DataFrame:
+    out = []
+    for i in range(n):
+        rows, _, _, states = sample_truth(cfg, i)
+        out.append({**{r.concept: r.present for r in rows}, **states})
+    return pd.DataFrame(out)
+
+
+def test_shortcut_adds_its_strength_on_top_of_the_states():
+    """Among studies with no latent state, P(marker | effusion) = 1 - (1 - base)(1 - strength) and
+    P(marker | no effusion) = base; without a shortcut, marker and effusion are independent given the states."""
+    cfg = PhantomConfig(n_images=6000, shortcut_strength=0.7, shortcut_base=0.05)
+    df = _truth_and_states(cfg, 6000)
+    calm = df[~df["acuity"] & ~df["cardiac_history"] & ~df["chronic_lung_disease"]]
+    eff = calm["pleural_effusion"]
+    assert eff.sum() > 80
+    assert calm.loc[eff, "portable_marker"].mean() == pytest.approx(1 - 0.95 * 0.3, abs=0.08)
+    assert calm.loc[~eff, "portable_marker"].mean() == pytest.approx(0.05, abs=0.02)
+    none = _truth_and_states(PhantomConfig(shortcut_concept=""), 6000)
+    for acute, group in none.groupby("acuity"):
+        p = group.groupby("pleural_effusion")["portable_marker"].mean()
+        assert abs(p[True] - p[False]) < 0.08, (acute, p)
+    # ... while over the whole population acuity makes them co-occur anyway (the confounding of real data)
+    p = none.groupby("pleural_effusion")["portable_marker"].mean()
+    assert p[True] > p[False] + 0.2
+
+
+def test_latent_states_make_realistic_co_occurrence():
+    df = _truth_and_states(PhantomConfig(), 4000)
+    acute = df["acuity"]
+    for c in ("endotracheal_tube", "nasogastric_tube", "central_venous_catheter", "ecg_electrodes",
+              "portable_marker", "underexposure", "rotated", "pleural_effusion", "edema", "consolidation",
+              "atelectasis"):
+        assert df.loc[acute, c].mean() > df.loc[~acute, c].mean() + 0.1, c
+    cardiac = df["cardiac_history"]
+    for c in ("cardiomegaly", "pacemaker", "sternotomy_wires"):
+        assert df.loc[cardiac, c].mean() > df.loc[~cardiac, c].mean() + 0.2, c
+    lung = df["chronic_lung_disease"]
+    for c in ("hyperinflation", "nodule"):
+        assert df.loc[lung, c].mean() > df.loc[~lung, c].mean() + 0.2, c
+    # artifacts of the detector follow no state
+    for c in ("laterality_marker", "burned_in_text", "grid_lines", "collimation"):
+        assert abs(df.loc[acute, c].mean() - df.loc[~acute, c].mean()) < 0.06, c
+
+
+def test_rates_table_predicts_the_generated_rates():
+    from lanic_nb.phantom.population import rates_table
+
+    cfg = PhantomConfig(shortcut_concept="")
+    table = rates_table(cfg)
+    assert set(table.index) >= set(CONCEPT_NAMES) | {"rotated"}
+    df = _truth_and_states(cfg, 4000)
+    for name, row in table.iterrows():
+        assert df[name].mean() == pytest.approx(row["expected rate (no shortcut)"], abs=0.03), name
+
+
+def test_patient_level_states_are_shared_by_a_patients_studies():
+    from lanic_nb.phantom.population import sample_states
+
+    cfg = PhantomConfig(images_per_patient=2)
+    for patient in range(200):
+        a, b = sample_states(cfg, patient, 2 * patient), sample_states(cfg, patient, 2 * patient + 1)
+        assert a["cardiac_history"] == b["cardiac_history"]
+        assert a["chronic_lung_disease"] == b["chronic_lung_disease"]
 
 
 @pytest.mark.parametrize(
@@ -162,6 +211,7 @@ def test_shortcut_follows_its_finding():
         ({"prevalence": {"edema": -0.1}}, "prevalence"),
         ({"prevalence": {"portable_marker": 0.5}}, "prevalence"),
         ({"shortcut_strength": 1.2}, "shortcut_strength"),
+        ({"shortcut_base": 1.5}, "shortcut_base"),
         ({"shortcut_base": -0.1}, "shortcut_base"),
         ({"shortcut_concept": "dragon"}, "shortcut_concept"),
         ({"shortcut_finding": "Fracture"}, "shortcut_finding"),
@@ -223,7 +273,8 @@ def test_only_evaluation_reads_ground_truth():
     """Other modules go through lanic_nb.evaluation; none opens the truth file itself."""
     pkg = Path(__file__).resolve().parent.parent / "lanic_nb"
     allowed = {"evaluation.py", "rundir.py", "phantom/generate.py"}  # reader, path, writer (config.py only describes it)
-    opens = re.compile(r"ground_truth\.parquet|read_\w*\([^)]*\.ground_truth\b|\.ground_truth\s*\)")
+    opens = re.compile(r"(ground_truth|states)\.parquet|read_\w*\([^)]*\.(ground_truth|states)\b"
+                       r"|\.(ground_truth|states)\s*\)")
     offenders = [p.relative_to(pkg).as_posix() for p in pkg.rglob("*.py")
                  if p.relative_to(pkg).as_posix() not in allowed and opens.search(p.read_text())]
     assert not offenders

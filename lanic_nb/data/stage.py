@@ -36,10 +36,17 @@ class DataConfig:
     reader_options: dict = field(default_factory=dict)
     """Real datasets: extra keyword arguments of the reader, e.g. {"reports_root": "..."}."""
     n_images: int = 3000
-    """Phantom only: images, their size, the seed and the shortcut's strength."""
+    """Phantom only: images, their size and the seed."""
     image_size: int = 224
     seed: int = 0
-    shortcut_strength: float = 0.9
+    shortcut_concept: str = "portable_marker"
+    """Phantom only: the concept planted to follow ``shortcut_finding`` beyond the latent states' confounding
+    ("" for none)."""
+    shortcut_finding: str = "Pleural Effusion"
+    shortcut_strength: float = 0.6
+    """Extra probability of the shortcut concept on images with the finding (noisy-OR on its own rate)."""
+    shortcut_base: float | None = None
+    """The shortcut concept's base rate (None: the concept table's)."""
 
     @property
     def phantom(self) -> bool:
@@ -47,7 +54,8 @@ class DataConfig:
 
     def phantom_config(self) -> PhantomConfig:
         return PhantomConfig(n_images=self.n_images, image_size=self.image_size, seed=self.seed,
-                             shortcut_strength=self.shortcut_strength)
+                             shortcut_concept=self.shortcut_concept, shortcut_finding=self.shortcut_finding,
+                             shortcut_strength=self.shortcut_strength, shortcut_base=self.shortcut_base)
 
 
 @dataclass

@@ -207,6 +207,51 @@ def init_model_folder(folder: Path, cfg: SmallClipConfig, texts: Sequence[str]) 
     return full
 
 
+def build_clip(folder: Path, full: dict, init_temperature_inv: float) -> torch.nn.Module:
+    """A freshly initialised open_clip model of the folder's config (``init_model_folder``), its BERT
+    word vectors at unit scale (see ``bag_of_words_start``)."""
+    from open_clip.model import CustomTextCLIP
+
+    model_cfg = {k: v for k, v in full["model_cfg"].items() if k != "custom_text"}
+    model = CustomTextCLIP(**dict(model_cfg, text_cfg=local_text_cfg(folder, model_cfg)),
+                           init_logit_scale=math.log(init_temperature_inv))
+    bag_of_words_start(model)
+    return model
+
+
+def clip_step_loss(model: torch.nn.Module, tokenizer, images: torch.Tensor, texts: Sequence[str],
+                   loss_fn, device: torch.device) -> torch.Tensor:
+    """The contrastive loss of one batch: (b, S, S) gray images in [0, 1] and their b texts."""
+    mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+    x = (images[:, None].to(device).expand(-1, 3, -1, -1) - mean) / std
+    tokens = tokenizer(list(texts))
+    # Trailing all-[PAD] columns change nothing under the attention mask; dropping them saves compute.
+    pad_id = tokenizer.tokenizer.pad_token_id
+    tokens = tokens[:, : int((tokens != pad_id).sum(1).max())]
+    img_f, txt_f, logit_scale = model(x, tokens.to(device))[:3]  # normalized features
+    return loss_fn(img_f, txt_f, logit_scale)
+
+
+def cosine_lr(step: int, lr: float, warmup_steps: int, steps: int) -> float:
+    """Linear warmup to ``lr``, then a cosine decay to zero at ``steps``."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def clip_update(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
+    """One AdamW step at ``lr``; the temperature stays within CLIP's bound (1/T <= 100)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+
+
 def load_gray_stack(paths: Sequence[Path], size: int) -> tuple[torch.Tensor, np.ndarray]:
     """Decode images into one (n, size, size) [0, 1] tensor (resized + center-cropped); also an ok mask."""
     out = torch.zeros(len(paths), size, size)
@@ -222,7 +267,7 @@ def load_gray_stack(paths: Sequence[Path], size: int) -> tuple[torch.Tensor, np.
     return out, ok
 
 
-def _augment_images(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def augment_images(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """(b, S, S) -> (b, S, S): random scale/shift (affine grid) and gamma/contrast jitter."""
     b = x.shape[0]
     scale = 1.0 + (torch.rand(b, generator=gen) * 0.2 - 0.1)
@@ -236,7 +281,7 @@ def _augment_images(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return y.clamp(0, 1) ** gamma
 
 
-def _sample_sentences(text: str, rng: np.random.Generator) -> str:
+def sample_sentences(text: str, rng: np.random.Generator) -> str:
     """Half the time the whole report (sentences shuffled), else 1-3 of its sentences.
 
     Short texts carry one or two findings each, the way zero-shot prompts do, which gives the
@@ -250,7 +295,7 @@ def _sample_sentences(text: str, rng: np.random.Generator) -> str:
 
 
 @torch.no_grad()
-def _bag_of_words_start(model: torch.nn.Module) -> None:
+def bag_of_words_start(model: torch.nn.Module) -> None:
     """Give the from-scratch BERT word embeddings unit scale (BERT's init: 0.02) and no token-type offset.
 
     With BERT's tiny init, position and token-type embeddings dominate every token after the embedding
@@ -269,7 +314,6 @@ def train_small_clip(
     """Train on (n, S, S) gray images and their n reports; save into ``folder``; return (encoder, losses)."""
     import open_clip
     from open_clip.loss import ClipLoss
-    from open_clip.model import CustomTextCLIP
 
     if len(images) != len(reports) or len(images) < cfg.batch_size:
         raise ValueError(f"need >= batch_size ({cfg.batch_size}) paired images and reports, got "
@@ -280,24 +324,11 @@ def train_small_clip(
     folder = Path(folder)
     full = init_model_folder(folder, cfg, reports)
     seed_everything(cfg.seed)
-    model_cfg = {k: v for k, v in full["model_cfg"].items() if k != "custom_text"}
-    model = CustomTextCLIP(**dict(model_cfg, text_cfg=local_text_cfg(folder, model_cfg)),
-                           init_logit_scale=math.log(cfg.init_temperature_inv)).to(device)
-    _bag_of_words_start(model)
+    model = build_clip(folder, full, cfg.init_temperature_inv).to(device)
     tokenizer = open_clip.get_tokenizer(f"local-dir:{folder.resolve()}")
-    pad_id = tokenizer.tokenizer.pad_token_id
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1).to(device)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
-
     loss_fn = ClipLoss()
     losses: list[float] = []
     model.train()
@@ -306,21 +337,10 @@ def train_small_clip(
         x = images[idx]
         texts = [reports[i] for i in idx.tolist()]
         if cfg.augment:
-            x = _augment_images(x, gen)
-            texts = [_sample_sentences(t, rng) for t in texts]
-        x = (x[:, None].to(device).expand(-1, 3, -1, -1) - mean) / std
-        tokens = tokenizer(texts)
-        # Trailing all-[PAD] columns change nothing under the attention mask; dropping them saves compute.
-        tokens = tokens[:, : int((tokens != pad_id).sum(1).max())]
-        img_f, txt_f, logit_scale = model(x, tokens.to(device))[:3]  # normalized features
-        loss = loss_fn(img_f, txt_f, logit_scale)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+            x = augment_images(x, gen)
+            texts = [sample_sentences(t, rng) for t in texts]
+        loss = clip_step_loss(model, tokenizer, x, texts, loss_fn, device)
+        clip_update(model, opt, loss, cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.steps))
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     model.eval()

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 BIOMEDCLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 HF_PREFIX = "hf-hub:"
 LOCAL_PREFIX = "local-dir:"
+PHANTOM = "phantom"
+"""The name of the shipped phantom encoder (``lanic_nb.phantom.encoder``): an open_clip folder inside the package."""
+PHANTOM_ENCODER_DIR = Path(__file__).resolve().parent.parent / "resources" / "phantom_encoder"
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 
@@ -134,7 +137,8 @@ def _how_to_provide(name: str) -> str:
         "model as a local folder (open_clip_config.json + open_clip_model.safetensors + tokenizer files) and "
         "pass 'local-dir:/path/to/folder'. Set HF_HUB_OFFLINE=1 so loading never waits on the network; "
         "pass allow_download=True to let open_clip download. The embedded default needs none of this: "
-        "model='small' trains a small CLIP on the phantom (lanic_nb.embed.clip_small)."
+        "model='phantom' is the phantom encoder shipped inside the package, and model='small' trains a small CLIP "
+        "on the phantom (lanic_nb.embed.clip_small)."
     )
 
 
@@ -228,12 +232,15 @@ def _load_hub(name: str, device: torch.device, allow_download: bool) -> tuple[to
 
 
 def load_encoder(name: str | os.PathLike, device: str | torch.device = "cpu", allow_download: bool = False) -> Encoder:
-    """Load an encoder by name: ``"hf-hub:org/repo"``, ``"local-dir:PATH"`` or a folder path.
+    """Load an encoder by name: ``"hf-hub:org/repo"``, ``"local-dir:PATH"``, a folder path, or ``"phantom"``
+    (the shipped phantom encoder, itself a ``local-dir:`` folder).
 
     Raises EncoderUnavailable (quickly, without network) when weights or ``transformers`` are missing.
     """
     device = torch.device(device)
     name = str(name)
+    if name == PHANTOM:
+        name = f"{LOCAL_PREFIX}{PHANTOM_ENCODER_DIR}"
     if name.startswith(HF_PREFIX):
         model, preprocess, tokenizer = _load_hub(name, device, allow_download)
     else:

@@ -1,8 +1,10 @@
 """The embedding stage of a run (notebook 01): the encoder, every image, report and sentence embedded, and
 how well the encoder reads the images (retrieval, zero-shot).
 
-With ``model="small"`` the small CLIP is trained on the train split's image-report pairs and saved as an
-open_clip folder in ``clip/``; otherwise the named encoder is loaded (``hf-hub:`` BiomedCLIP, a folder).
+By default the phantom encoder shipped with the package is loaded (``model="phantom"``, an open_clip
+``local-dir:`` folder pretrained once by :mod:`lanic_nb.phantom.encoder`). With ``model="small"`` a small CLIP
+is trained from scratch on the train split's image-report pairs and saved as an open_clip folder in ``clip/``
+(a teaching option: it sees far less than the pretrained one); ``hf-hub:`` BiomedCLIP or any folder load too.
 Writes ``embed/`` (the memory-mapped store), ``clip/zeroshot_scores.parquet`` + ``clip/metrics.json``
 and ``metrics/01_embed.json``. Training stages never read the planted truth; this one reads only the
 manifest.
@@ -32,8 +34,9 @@ class EmbedConfig:
     """Parameters of notebook 01 (its demo defaults)."""
 
     device: str = "auto"
-    model: str = "small"
-    """"small" (train here), "hf-hub:org/repo", or a local open_clip folder."""
+    model: str = "phantom"
+    """"phantom" (the encoder shipped with the package, pretrained on phantom films), "small" (a small CLIP
+    trained here from scratch, for teaching), "hf-hub:org/repo" (BiomedCLIP), or a local open_clip folder."""
     dataset: str = "phantom"
     """Which dataset notebook 00 put into the run (the small model needs reports)."""
     manifest_path: str = ""

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 
 from lanic_nb.concepts.vocabulary import match_concept
 from lanic_nb.evaluation import concept_categories, ground_truth_matrix, load_ground_truth
 from lanic_nb.io import write_table
-from lanic_nb.metrics import auroc, auroc_matrix
+from lanic_nb.metrics import auroc_matrix, probe_aurocs
 from lanic_nb.rundir import RunDir
 
 EVALUATION_CSV = "evaluation.csv"
@@ -130,32 +129,6 @@ def evaluate_unit_sets(
     table = pd.DataFrame(rows)
     write_table(RunDir(Path(run_dir)).patterns / EVALUATION_CSV, table)
     return table, per_unit
-
-
-def probe_aurocs(features: np.ndarray, presence: np.ndarray, train: np.ndarray, test: np.ndarray,
-                 C: float = 1.0) -> np.ndarray:
-    """(n_concepts,) test-split AUROC of one logistic probe per concept on ``features`` (n, d).
-
-    Each probe is fitted on the ``train`` rows (features standardized by the train rows' mean and std) and
-    scored on the ``test`` rows: how well *any* linear read-out of this representation finds the concept,
-    an upper reference for a single unit. NaN where a concept has one class only in train or in test.
-    """
-    X = np.asarray(features, dtype=np.float64)
-    y = np.asarray(presence, dtype=bool)
-    train, test = np.asarray(train, dtype=bool), np.asarray(test, dtype=bool)
-    if len(X) != len(y) or len(train) != len(X) or len(test) != len(X):
-        raise ValueError(f"features ({len(X)}), presence ({len(y)}), train ({len(train)}) and test ({len(test)}) "
-                         "must have one row per image")
-    mu, sd = X[train].mean(0), X[train].std(0) + 1e-8
-    Xs = (X - mu) / sd
-    out = np.full(y.shape[1], np.nan)
-    for j in range(y.shape[1]):
-        ytr, yte = y[train, j], y[test, j]
-        if ytr.all() or not ytr.any() or yte.all() or not yte.any():
-            continue
-        clf = LogisticRegression(C=C, max_iter=5000).fit(Xs[train], ytr)
-        out[j] = auroc(yte, clf.decision_function(Xs[test]))
-    return out
 
 
 def recovery_by_concept(

@@ -32,83 +32,38 @@ class Concept:
 _LR = ("left", "right")
 _LRB = ("left", "right", "bilateral")
 
+# ``prevalence`` is each concept's base rate: its probability in a patient with none of the latent states
+# below (an outpatient without cardiac or chronic lung history). The states raise it (see STATE_UPLIFT).
 CONCEPTS: dict[str, Concept] = {
     c.name: c
     for c in (
-        Concept(
-            "cardiomegaly",
-            "cardiac",
-            "enlarged heart, cardiothoracic ratio above 0.5",
-            False,
-            prevalence=0.25,
-        ),
-        Concept(
-            "pleural_effusion", "pleural", "fluid with a meniscus at a costophrenic angle", True, _LRB, 0.25
-        ),
-        Concept(
-            "pneumothorax",
-            "pleural",
-            "apical/lateral air without lung markings, visceral pleural line",
-            True,
-            _LR,
-            0.08,
-        ),
-        Concept(
-            "edema",
-            "pulmonary",
-            "bilateral perihilar haze with interstitial (Kerley) lines",
-            True,
-            ("bilateral",),
-            0.18,
-        ),
-        Concept("consolidation", "pulmonary", "dense patchy airspace opacity in one lung", True, _LR, 0.18),
-        Concept("atelectasis", "pulmonary", "plate-like basal opacity with volume loss", True, _LRB, 0.2),
-        Concept("nodule", "pulmonary", "small round opacity", True, _LR, 0.1),
-        Concept(
-            "endotracheal_tube",
-            "device",
-            "tube in the trachea ending above the carina",
-            False,
-            prevalence=0.1,
-        ),
-        Concept(
-            "nasogastric_tube",
-            "device",
-            "thin tube down the oesophagus into the stomach",
-            False,
-            prevalence=0.1,
-        ),
-        Concept(
-            "central_venous_catheter", "device", "line from the subclavian vein into the SVC", True, _LR, 0.15
-        ),
-        Concept(
-            "pacemaker", "device", "generator in the upper chest with leads into the heart", True, _LR, 0.08
-        ),
-        Concept("sternotomy_wires", "device", "loops of wire along the sternum", False, prevalence=0.08),
-        Concept("ecg_electrodes", "device", "round electrode snaps on the chest wall", False, prevalence=0.2),
+        Concept("cardiomegaly", "cardiac", "enlarged heart, cardiothoracic ratio above 0.5", False, prevalence=0.08),
+        Concept("pleural_effusion", "pleural", "fluid with a meniscus at a costophrenic angle", True, _LRB, 0.08),
+        Concept("pneumothorax", "pleural", "apical/lateral air without lung markings, visceral pleural line", True,
+                _LR, 0.04),
+        Concept("edema", "pulmonary", "bilateral perihilar haze with interstitial (Kerley) lines", True,
+                ("bilateral",), 0.04),
+        Concept("consolidation", "pulmonary", "dense patchy airspace opacity in one lung", True, _LR, 0.08),
+        Concept("atelectasis", "pulmonary", "plate-like basal opacity with volume loss", True, _LRB, 0.10),
+        Concept("nodule", "pulmonary", "small round opacity", True, _LR, 0.06),
+        Concept("endotracheal_tube", "device", "tube in the trachea ending above the carina", False, prevalence=0.01),
+        Concept("nasogastric_tube", "device", "thin tube down the oesophagus into the stomach", False,
+                prevalence=0.02),
+        Concept("central_venous_catheter", "device", "line from the subclavian vein into the SVC", True, _LR, 0.04),
+        Concept("pacemaker", "device", "generator in the upper chest with leads into the heart", True, _LR, 0.01),
+        Concept("sternotomy_wires", "device", "loops of wire along the sternum", False, prevalence=0.02),
+        Concept("ecg_electrodes", "device", "round electrode snaps on the chest wall", False, prevalence=0.08),
         Concept("laterality_marker", "artifact", "an L or R marker letter", True, _LR, 0.6),
         Concept("burned_in_text", "artifact", "patient ID text burned into the image", False, prevalence=0.3),
-        Concept(
-            "collimation", "artifact", "unexposed bright borders from the collimator", False, prevalence=0.25
-        ),
+        Concept("collimation", "artifact", "unexposed bright borders from the collimator", False, prevalence=0.25),
         Concept("grid_lines", "artifact", "fine vertical anti-scatter grid lines", False, prevalence=0.15),
-        Concept("motion_blur", "artifact", "blur from patient motion", False, prevalence=0.1),
-        Concept("underexposure", "artifact", "pale, noisy, low-contrast film", False, prevalence=0.1),
-        Concept(
-            "portable_marker",
-            "artifact",
-            "the word PORTABLE burned in (AP bedside film)",
-            False,
-            prevalence=0.1,
-        ),
+        Concept("motion_blur", "artifact", "blur from patient motion", False, prevalence=0.05),
+        Concept("underexposure", "artifact", "pale, noisy, low-contrast film", False, prevalence=0.05),
+        Concept("portable_marker", "artifact", "the word PORTABLE burned in (AP bedside film)", False,
+                prevalence=0.03),
         Concept("scoliosis", "structural", "lateral curvature of the spine", False, prevalence=0.1),
-        Concept(
-            "hyperinflation",
-            "structural",
-            "low flat diaphragms, tall lungs, narrow heart",
-            False,
-            prevalence=0.1,
-        ),
+        Concept("hyperinflation", "structural", "low flat diaphragms, tall lungs, narrow heart", False,
+                prevalence=0.04),
         Concept("elevated_hemidiaphragm", "structural", "one hemidiaphragm raised", True, _LR, 0.1),
     )
 }
@@ -138,16 +93,22 @@ class PhantomConfig:
     images_per_patient: int = 2
     """Consecutive images that share a patient (anatomy); splits never separate them."""
     prevalence: dict[str, float] = field(default_factory=dict)
-    """Per-concept presence probability overrides (concept name -> [0, 1]); not for the shortcut concept,
-    whose presence follows ``shortcut_strength`` / ``shortcut_base``."""
+    """Per-concept base-rate overrides (concept name -> [0, 1]): the rate in a patient with no latent state
+    (``lanic_nb.phantom.population``); not for the shortcut concept, whose base is ``shortcut_base``."""
     shortcut_concept: str = "portable_marker"
-    """The concept planted to co-occur with ``shortcut_finding`` (empty string: no shortcut)."""
+    """The concept planted to follow ``shortcut_finding`` beyond what the latent states explain (empty string:
+    no planted shortcut; the states' confounding stays)."""
     shortcut_finding: str = "Pleural Effusion"
     """The finding the shortcut follows."""
-    shortcut_strength: float = 0.9
-    """P(shortcut concept | finding present)."""
-    shortcut_base: float = 0.1
-    """P(shortcut concept | finding absent)."""
+    shortcut_strength: float = 0.6
+    """Extra probability (noisy-OR on top of its state-driven rate) that the shortcut concept is planted on an
+    image with the finding."""
+    shortcut_base: float | None = None
+    """The shortcut concept's base rate (None: its own, from the concept table)."""
+    latent_states: bool = True
+    """Draw the patients' latent states (acuity, cardiac history, chronic lung disease) that make concepts
+    co-occur as in hospital data; False plants every concept independently at its base rate (the phantom
+    encoder's pretraining stream, where co-occurrence would only teach it to confuse concepts)."""
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     """Train / val / test fractions of patients."""
 
@@ -180,14 +141,18 @@ class PhantomConfig:
         if self.shortcut_finding not in FINDING_TO_CONCEPT:
             raise ValueError(f"shortcut_finding must be one of {FINDINGS}, got {self.shortcut_finding!r}")
         for name in ("shortcut_strength", "shortcut_base"):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
         fr = tuple(float(f) for f in self.split_fractions)
         if len(fr) != 3 or min(fr) < 0 or not np.isclose(sum(fr), 1.0):
             raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {fr}")
         self.split_fractions = fr
 
-    def prevalence_of(self, concept: str) -> float:
+    def base_rate(self, concept: str) -> float:
+        """The concept's rate in a patient with no latent state (before the states' uplifts)."""
+        if concept == self.shortcut_concept and self.shortcut_base is not None:
+            return float(self.shortcut_base)
         return float(self.prevalence.get(concept, CONCEPTS[concept].prevalence))
 
 

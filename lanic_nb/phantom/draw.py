@@ -119,12 +119,14 @@ class Anatomy:
     noise: float
 
 
-def sample_anatomy(u_patient: np.ndarray, u_study: np.ndarray) -> Anatomy:
-    """Map 16 patient uniforms and 4 study uniforms to anatomy (habitus, lungs, heart, exposure...)."""
+def sample_anatomy(u_patient: np.ndarray, u_study: np.ndarray, extra_rotation: float = 0.0) -> Anatomy:
+    """Map 16 patient uniforms and 4 study uniforms to anatomy (habitus, lungs, heart, exposure...).
+
+    ``extra_rotation`` turns a rotated study's patient further (grid units of midline shift)."""
     p, s = u_patient, u_study
     lung_rx = 0.30 + 0.06 * p[1]
     lung_cx = 0.43 + 0.05 * p[2]
-    rotation = 0.05 * (s[0] - 0.5)  # patient rotation shifts midline structures vs the lungs
+    rotation = 0.05 * (s[0] - 0.5) + extra_rotation  # patient rotation shifts midline structures vs the lungs
     inspiration = 0.06 * (s[1] - 0.5)
     return Anatomy(
         body_half_width=0.84 + 0.13 * p[0],

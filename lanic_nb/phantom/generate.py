@@ -26,6 +26,13 @@ from lanic_nb.io import atomic_path, read_json, write_json, write_table
 from lanic_nb.manifest import FINDINGS, conform, split_by_patient
 from lanic_nb.phantom.config import CONCEPT_NAMES, CONCEPTS, FINDING_TO_CONCEPT, PhantomConfig, Planted
 from lanic_nb.phantom.draw import render, sample_anatomy
+from lanic_nb.phantom.population import (
+    STATES,
+    TECHNIQUE_BASE,
+    probability,
+    sample_states,
+    shortcut_probability,
+)
 from lanic_nb.progress import progress
 from lanic_nb.rundir import RunDir
 
@@ -40,17 +47,27 @@ def image_id(index: int) -> str:
 
 
 def sample_truth(cfg: PhantomConfig, index: int, force: dict[str, bool | str] | None = None):
-    """Planted concepts of image ``index``: (truth rows, plants for the renderer, image rng)."""
+    """Planted concepts of image ``index``: (truth rows, plants for the renderer, image rng, latent states).
+
+    The patient's and the study's latent states (``lanic_nb.phantom.population``) set each concept's
+    probability; the planted shortcut adds its own dependence on the shortcut finding. ``states`` also
+    holds the study's technique (``rotated``).
+    """
     rng = np.random.default_rng([cfg.seed, 1, index])
     n = len(CONCEPT_NAMES)
     u_present = rng.random(n)
     u_params = rng.random((n, 8))  # per concept: side, severity, then six shape/location uniforms
-    present = {c: bool(u_present[k] < cfg.prevalence_of(c)) for k, c in enumerate(CONCEPT_NAMES)}
+    states = (sample_states(cfg, patient_index(cfg, index), index) if cfg.latent_states
+              else dict.fromkeys(STATES, False))
+    p = {c: probability(c, states, cfg.base_rate(c)) for c in CONCEPT_NAMES}
+    present = {c: bool(u_present[k] < p[c]) for k, c in enumerate(CONCEPT_NAMES)}
     if cfg.shortcut_concept:
         k = CONCEPT_NAMES.index(cfg.shortcut_concept)
-        finding = FINDING_TO_CONCEPT[cfg.shortcut_finding]
-        p = cfg.shortcut_strength if present[finding] else cfg.shortcut_base
-        present[cfg.shortcut_concept] = bool(u_present[k] < p)
+        finding = present[FINDING_TO_CONCEPT[cfg.shortcut_finding]]
+        present[cfg.shortcut_concept] = bool(u_present[k] < shortcut_probability(cfg, p[cfg.shortcut_concept],
+                                                                                  finding))
+    u_tech = np.random.default_rng([cfg.seed, 5, index]).random(2)
+    states["rotated"] = bool(u_tech[0] < probability("rotated", states, TECHNIQUE_BASE["rotated"]))
     forced_side = {}
     for c, on in (force or {}).items():
         if c not in CONCEPTS:
@@ -68,7 +85,10 @@ def sample_truth(cfg: PhantomConfig, index: int, force: dict[str, bool | str] | 
         if present[c]:
             plants[c] = (side, sev, u_params[k, 2:])
         rows.append(Planted(c, present[c], side if present[c] else "", sev if present[c] else 0.0))
-    return rows, plants, rng
+    # a rotated study turns the patient further (sign and amount from u_tech[1])
+    states["rotation"] = float(np.sign(u_tech[1] - 0.5) * (0.06 + 0.08 * abs(u_tech[1] - 0.5))) \
+        if states["rotated"] else 0.0
+    return rows, plants, rng, states
 
 
 def generate_image(
@@ -79,12 +99,20 @@ def generate_image(
     ``force`` turns concepts on or off (``{"pleural_effusion": True}``, or a side: ``"left"``) without
     changing anything else in the image: the same patient, pose, noise and other concepts.
     """
+    img, rows, _ = generate_study(cfg, index, force)
+    return img, rows
+
+
+def generate_study(
+    cfg: PhantomConfig, index: int, force: dict[str, bool | str] | None = None
+) -> tuple[np.ndarray, list[Planted], dict]:
+    """``generate_image`` plus the study's latent states and technique (truth, for evaluation)."""
     if index < 0:
         raise ValueError(f"index must be non-negative, got {index}")
-    rows, plants, rng = sample_truth(cfg, index, force)
+    rows, plants, rng, states = sample_truth(cfg, index, force)
     u_patient = np.random.default_rng([cfg.seed, 0, patient_index(cfg, index)]).random(16)
-    anatomy = sample_anatomy(u_patient, rng.random(4))
-    return render(anatomy, plants, cfg.image_size, rng), rows
+    anatomy = sample_anatomy(u_patient, rng.random(4), extra_rotation=states["rotation"])
+    return render(anatomy, plants, cfg.image_size, rng), rows, states
 
 
 def view_of(rows: list[Planted]) -> str:
@@ -99,17 +127,17 @@ def _write_png(path: Path, img: np.ndarray) -> None:
 
 def _generate_chunk(
     cfg: PhantomConfig, img_dir: Path, start: int, stop: int
-) -> tuple[list[dict], list[dict]]:
-    """Images start..stop-1: write their PNGs; return their manifest records and truth rows."""
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Images start..stop-1: write their PNGs; return their manifest records, truth rows and states."""
     from lanic_nb.phantom.reports import make_report
 
-    records, truth = [], []
+    records, truth, states = [], [], []
     for i in range(start, stop):
-        img, rows = generate_image(cfg, i)
+        img, rows, st = generate_study(cfg, i)
         iid = image_id(i)
         _write_png(img_dir / f"{iid}.png", img)
         view = view_of(rows)
-        report = make_report(rows, np.random.default_rng([cfg.seed, 2, i]), view=view)
+        report = make_report(rows, np.random.default_rng([cfg.seed, 2, i]), view=view, rotated=st["rotated"])
         records.append(
             {
                 "image_id": iid,
@@ -121,7 +149,8 @@ def _generate_chunk(
             }
         )
         truth.extend({"image_id": iid, **asdict(r), "category": CONCEPTS[r.concept].category} for r in rows)
-    return records, truth
+        states.append({"image_id": iid, **st})
+    return records, truth, states
 
 
 def make_phantom_dataset(
@@ -130,8 +159,9 @@ def make_phantom_dataset(
     """Generate the phantom into ``RunDir(run_dir).data`` and return its manifest.
 
     Writes images/<image_id>.png, manifest.parquet (labels from the report labeler, never from the
-    truth), ground_truth.parquet (long: image_id, concept, category, present, side, severity; read only
-    by lanic_nb.evaluation) and meta.json. A folder already holding this exact config is reused.
+    truth), ground_truth.parquet (long: image_id, concept, category, present, side, severity) and
+    states.parquet (each study's latent states and technique), both read only by lanic_nb.evaluation,
+    and meta.json. A folder already holding this exact config is reused.
     ``workers`` processes share the images (default: one per CPU, at most 4); the output does not
     depend on it, because every image draws from its own seeded generators.
     """
@@ -140,7 +170,7 @@ def make_phantom_dataset(
     rd = RunDir(Path(run_dir))
     meta_path = rd.data / "meta.json"
     config = _config_json(cfg)
-    if not overwrite and meta_path.exists() and rd.manifest.exists() and rd.ground_truth.exists():
+    if not overwrite and meta_path.exists() and all(p.exists() for p in (rd.manifest, rd.ground_truth, rd.states)):
         if read_json(meta_path).get("config") == config:
             log.info("phantom already present in %s; reusing it", rd.data)
             return pd.read_parquet(rd.manifest)
@@ -165,8 +195,9 @@ def make_phantom_dataset(
                 results.append(res)
                 bar.update(b - a)
     bar.close()
-    df = pd.DataFrame([r for recs, _ in results for r in recs])
-    truth = [t for _, tr in results for t in tr]
+    df = pd.DataFrame([r for recs, _, _ in results for r in recs])
+    truth = [t for _, tr, _ in results for t in tr]
+    states = pd.DataFrame([st for _, _, sts in results for st in sts])
     labels = label_reports(df["report"].tolist())
     for f in FINDINGS:
         df[f] = labels[f].to_numpy()
@@ -176,8 +207,9 @@ def make_phantom_dataset(
     manifest = conform(df)
     gt = pd.DataFrame(truth)[["image_id", "concept", "category", "present", "side", "severity"]]
     write_table(rd.ground_truth, gt)
+    write_table(rd.states, states)
     write_table(rd.manifest, manifest)
-    write_json(meta_path, summarize(cfg, manifest, gt))
+    write_json(meta_path, summarize(cfg, manifest, gt, states))
     return manifest
 
 
@@ -187,8 +219,9 @@ def _config_json(cfg: PhantomConfig) -> dict:
     return d
 
 
-def summarize(cfg: PhantomConfig, manifest: pd.DataFrame, gt: pd.DataFrame) -> dict:
-    """Counts, truth prevalence per concept, label rates per finding, and the shortcut's co-occurrence."""
+def summarize(cfg: PhantomConfig, manifest: pd.DataFrame, gt: pd.DataFrame, states: pd.DataFrame) -> dict:
+    """Counts, truth prevalence per concept, the latent states' rates, label rates per finding, and the
+    shortcut's co-occurrence."""
     pres = gt.pivot(index="image_id", columns="concept", values="present").reindex(manifest["image_id"])
     out = {
         "config": _config_json(cfg),
@@ -196,6 +229,7 @@ def summarize(cfg: PhantomConfig, manifest: pd.DataFrame, gt: pd.DataFrame) -> d
         "n_patients": int(manifest["patient_id"].nunique()),
         "split_counts": {k: int(v) for k, v in manifest["split"].value_counts().items()},
         "prevalence": {c: float(pres[c].mean()) for c in CONCEPT_NAMES},
+        "state_rates": {k: float(states[k].mean()) for k in states.columns if states[k].dtype == bool},
         "label_rates": {
             f: {
                 "positive": float((manifest[f] == 1).mean()),

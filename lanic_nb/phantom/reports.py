@@ -119,9 +119,13 @@ OTHER = {
     "scoliosis": ["Scoliosis of the thoracic spine.", "Thoracic scoliosis."],
     "hyperinflation": ["Hyperinflated lungs with flattened diaphragms.", "Lungs are hyperexpanded."],
     "elevated_hemidiaphragm": ["Elevation of the {side} hemidiaphragm.", "{Side} hemidiaphragm is elevated."],
-    "motion_blur": ["Study is limited by patient motion."],
-    "underexposure": ["Study is limited by underexposure."],
+    "motion_blur": ["Study is limited by patient motion.", "Motion artifact limits the examination."],
+    "underexposure": ["Study is limited by underexposure.", "Underexposed film."],
 }
+# Technique that is not a planted concept but that radiologists mention.
+ROTATED = ["Patient is rotated.", "Rotated positioning limits assessment of the mediastinum."]
+# Never mentioned, as in real reports: laterality markers, burned-in text, grid lines and collimation are
+# on nearly every film and say nothing about the patient.
 NORMAL_IMPRESSION = ["No acute cardiopulmonary process.", "No acute cardiopulmonary abnormality."]
 
 
@@ -155,9 +159,10 @@ def _pick(options: list[str], rng: np.random.Generator) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def make_report(truth: Iterable, rng: np.random.Generator, view: str = "PA") -> Report:
+def make_report(truth: Iterable, rng: np.random.Generator, view: str = "PA", rotated: bool = False) -> Report:
     """A FINDINGS/IMPRESSION report for one image from its truth rows (objects with concept, present,
-    side, severity). The same ``rng`` state gives the same text."""
+    side, severity) and its technique (``view``: "AP" for a portable bedside film; ``rotated``). The same
+    ``rng`` state gives the same text."""
     rows = {r.concept: r for r in truth}
     findings_sentences: list[str] = []
     impression: list[str] = []
@@ -191,6 +196,8 @@ def make_report(truth: Iterable, rng: np.random.Generator, view: str = "PA") -> 
         r = rows.get(c)
         if r is not None and r.present and rng.random() < 0.9:
             devices.append(_fill(_pick(options, rng), r.side, r.severity, rng))
+    if rotated and rng.random() < 0.8:
+        devices.append(_pick(ROTATED, rng))
     rng.shuffle(findings_sentences)
     # Negations: sometimes folded into a positive sentence ("... without evidence of X."), sometimes
     # one list sentence, single sentences for the rest.

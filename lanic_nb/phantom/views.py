@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lanic_nb.evaluation import ground_truth_matrix, load_ground_truth
+from lanic_nb.evaluation import ground_truth_matrix, load_ground_truth, load_states
 from lanic_nb.io import read_json
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.phantom.config import CONCEPT_NAMES, CONCEPTS, FINDING_TO_CONCEPT, PhantomConfig
@@ -98,6 +98,31 @@ def cooccurrence_table(run_dir: str | Path) -> pd.DataFrame:
     return table
 
 
+def cooccurrence_heatmap(run_dir: str | Path) -> plt.Figure:
+    """Correlation (phi) between every pair of planted concepts and latent states over the run's images.
+
+    Blocks show the confounders of hospital data: acuity ties tubes, lines, ECG leads, the portable marker
+    and the acute findings together; cardiac history ties cardiomegaly, pacemaker and sternotomy wires.
+    """
+    m = pd.read_parquet(RunDir(Path(run_dir)).manifest)
+    pres = ground_truth_matrix(load_ground_truth(run_dir), m["image_id"])
+    states = load_states(run_dir).set_index("image_id").loc[m["image_id"]]
+    cols = [c for c in states.columns if states[c].dtype == bool]
+    table = pd.concat([states[cols].reset_index(drop=True), pres.reset_index(drop=True)], axis=1).astype(float)
+    corr = np.nan_to_num(np.corrcoef(table.to_numpy().T))
+    names = [c.replace("_", " ") for c in table.columns]
+    fig, ax = plt.subplots(figsize=(9, 8))
+    im = ax.imshow(corr, cmap="RdBu_r", vmin=-0.6, vmax=0.6)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.axhline(len(cols) - 0.5, color="k", lw=0.8)
+    ax.axvline(len(cols) - 0.5, color="k", lw=0.8)
+    ax.set_title("correlation of latent states (top left) and planted concepts")
+    fig.colorbar(im, ax=ax, shrink=0.7, label="phi coefficient")
+    fig.tight_layout()
+    return fig
+
+
 def data_metrics(run_dir: str | Path) -> dict:
     """The figures 00_data records: counts, planted prevalence of the findings, label rates, shortcut."""
     meta = read_json(RunDir(Path(run_dir)).data / "meta.json")
@@ -109,4 +134,5 @@ def data_metrics(run_dir: str | Path) -> dict:
         "label_positive_rate": {f: meta["label_rates"][f]["positive"] for f in FINDINGS},
         "label_uncertain_rate": {f: meta["label_rates"][f]["uncertain"] for f in FINDINGS},
         "shortcut": meta.get("shortcut", {}),
+        "state_rates": meta.get("state_rates", {}),
     }

@@ -12,15 +12,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lanic_nb.checkpoint import load_training_tensors, training_tensors
 from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
 from lanic_nb.progress import progress as progress_bar
 from lanic_nb.transcoder.config import TranscoderConfig, TranscoderOutput
 from lanic_nb.transcoder.model import TranscoderEnsemble
 
 log = logging.getLogger(__name__)
-
-
-
 
 
 class _MemberSampler:
@@ -49,12 +47,7 @@ class _MemberSampler:
 
 def _save_checkpoint(folder: Path, model: TranscoderEnsemble, opt: torch.optim.Optimizer,
                      sampler: _MemberSampler, step: int, log_rows: list[dict]) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    names = {id(p): n for n, p in model.named_parameters()}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            for key, val in opt.state.get(p, {}).items():
-                tensors[f"opt.{names[id(p)]}.{key}"] = torch.as_tensor(val).reshape(-1) if key == "step" else val
+    tensors = training_tensors(model, opt)
     tensors["rng"] = sampler.state()
     write_tensors(folder / "checkpoint.safetensors", tensors)
     # The JSON goes last: a checkpoint counts only once its JSON names the step (both writes are atomic).
@@ -73,15 +66,7 @@ def _load_checkpoint(folder: Path, model: TranscoderEnsemble, opt: torch.optim.O
         log.warning("checkpoint in %s has a different config; starting afresh", folder)
         return None
     tensors = read_tensors(folder / "checkpoint.safetensors")
-    device = model.W_enc.device
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    params = dict(model.named_parameters())
-    for name, p in params.items():
-        st = {key.rsplit(".", 1)[1]: v.to(device) for key, v in tensors.items()
-              if key.startswith(f"opt.{name}.") and key.count(".") == name.count(".") + 2}
-        if st:
-            st["step"] = st["step"].reshape(())  # fused AdamW keeps its step count on the parameter's device
-            opt.state[p] = st
+    load_training_tensors(model, opt, tensors)
     sampler.set_state(tensors["rng"])
     return int(meta["step"]), list(meta["log"])
 

@@ -10,13 +10,12 @@ from sklearn.metrics import roc_auc_score
 from lanic_nb.concepts.annotate import annotate_units
 from lanic_nb.concepts.vocabulary import load_vocabulary
 from lanic_nb.io import write_table
-from lanic_nb.metrics import auroc_matrix
+from lanic_nb.metrics import auroc_matrix, probe_aurocs
 from lanic_nb.patterns.evaluate import (
     RECOVERY_CSV,
     best_concepts,
     evaluate_unit_sets,
     headline_metrics,
-    probe_aurocs,
     recovery_by_concept,
     summarize_units,
 )

@@ -1,0 +1,373 @@
+"""The phantom encoder: an open_clip model pretrained once on a stream of phantom images, shipped with the package.
+
+Why: a CLIP trained from scratch inside a 10-minute demo (64 px, a few thousand image-report pairs) does not
+see thin devices or detector artifacts, so the pipeline on top of it cannot find them either. Real users
+start from BiomedCLIP, pretrained at scale; the phantom gets the same: a model with BiomedCLIP's structure
+in miniature (a ModifiedResNet image tower at 128 px, a BERT text tower built by ``transformers`` with a
+WordPiece vocabulary covering the concept vocabulary), pretrained by this module's recipe on a large
+stream of fresh phantom images, each paired with its clinical report or with a figure-style caption
+(:mod:`lanic_nb.phantom.captions`). The pretraining stream uses its own phantom seed and plants every
+concept independently, so no run's images or co-occurrences are ever seen.
+
+One command trains it, resumably (a checkpoint every ``checkpoint_every`` steps; rerun to continue), and
+writes the open_clip folder + ``card.json`` (recipe, fingerprint of the phantom generator, training and
+evaluation figures; see :mod:`lanic_nb.phantom.encoder_card`)::
+
+    python -m lanic_nb.phantom.encoder --work runs/phantom_encoder --out lanic_nb/resources/phantom_encoder
+
+The demo loads it like any user's model: ``load_encoder("local-dir:<that folder>")`` (``model="phantom"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lanic_nb.checkpoint import load_training_tensors, training_tensors
+from lanic_nb.checks import require_at_least_one
+from lanic_nb.concepts.annotate import TEMPLATE
+from lanic_nb.concepts.vocabulary import load_vocabulary
+from lanic_nb.device import machine_line, pick_device, seed_everything
+from lanic_nb.embed.clip_small import (
+    SmallClipConfig,
+    augment_images,
+    build_clip,
+    clip_update,
+    cosine_lr,
+    init_model_folder,
+    sample_sentences,
+)
+from lanic_nb.embed.encoders import CONFIG_NAME, PHANTOM_ENCODER_DIR, WEIGHTS_NAME, preprocess_gray
+from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
+from lanic_nb.phantom.captions import describe, vocabulary_names
+from lanic_nb.phantom.config import CONCEPT_NAMES, PhantomConfig
+from lanic_nb.phantom.generate import generate_study, view_of
+from lanic_nb.phantom.reports import make_report
+from lanic_nb.progress import progress
+
+log = logging.getLogger(__name__)
+
+CARD_NAME = "card.json"
+
+
+@dataclass
+class PretrainConfig:
+    """The recipe of the phantom encoder (architecture, data stream, optimisation)."""
+
+    steps: int = 6000
+    """Optimizer steps; each sees ``batch_size`` fresh phantom images (no image is seen twice)."""
+    batch_size: int = 128
+    """Image-text pairs per step (the contrastive negatives)."""
+    image_size: int = 128
+    """Encoder input side: the 224 px phantom films are resized to it, as every user image is."""
+    source_size: int = 224
+    """Side at which the stream's phantoms are drawn (the demo's image size)."""
+    vision_layers: int = 1
+    """ModifiedResNet bottleneck blocks per stage (four stages)."""
+    vision_width: int = 32
+    """ModifiedResNet stage-one width (the last stage has 32x as many channels)."""
+    text_layers: int = 4
+    """BERT layers."""
+    text_width: int = 128
+    """BERT hidden size (the text side is most of a step's cost at 256)."""
+    text_heads: int = 4
+    """BERT attention heads."""
+    embed_dim: int = 256
+    """Joint embedding dimension (what the classifier and the transcoders read)."""
+    context_length: int = 128
+    """Token budget per text."""
+    vocab_size: int = 6000
+    """Most WordPiece tokens; large enough that every word of the concept vocabulary is one token."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate (cosine schedule after a linear warmup)."""
+    warmup_steps: int = 200
+    """Linear warmup steps."""
+    weight_decay: float = 0.05
+    """AdamW weight decay."""
+    caption_fraction: float = 0.5
+    """Share of pairs whose text is a figure-style caption; the rest get their clinical report."""
+    phrase_weight: float = 2.0
+    """Weight of the image-phrase loss (every image against each concept's name and its negation)."""
+    pretrain_rate: float = 0.3
+    """Rate at which every concept is planted, independently, in the pretraining stream."""
+    phantom_seed: int = 1_000
+    """Phantom seed of the stream (runs use other seeds; the card's evaluation uses ``eval_seed``)."""
+    eval_seed: int = 2_027
+    """Phantom seed of the held-out images that the card and the progress checks are measured on."""
+    eval_every: int = 1000
+    """Steps between progress checks (linear probes on held-out images, logged; 0: none)."""
+    checkpoint_every: int = 200
+    """Steps between checkpoints (the run resumes from the last one)."""
+    seed: int = 0
+    """Seed of initialisation and augmentation."""
+
+    def __post_init__(self) -> None:
+        require_at_least_one(self, ("steps", "batch_size", "image_size", "source_size", "vision_layers",
+                                    "vision_width", "text_layers", "text_width", "text_heads", "embed_dim",
+                                    "context_length", "vocab_size", "checkpoint_every"))
+        if self.image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32 (the resnet halves it five times), got "
+                             f"{self.image_size}")
+        if not 0.0 <= self.caption_fraction <= 1.0 or not 0.0 < self.pretrain_rate < 1.0:
+            raise ValueError("caption_fraction must be in [0, 1] and pretrain_rate in (0, 1)")
+        if self.phantom_seed == self.eval_seed:
+            raise ValueError("eval_seed must differ from phantom_seed: the card is measured on unseen images")
+
+    def architecture(self) -> SmallClipConfig:
+        """The model's shape in the small CLIP's terms (same open_clip folder layout)."""
+        return SmallClipConfig(vision_arch="resnet", image_size=self.image_size, vision_layers=self.vision_layers,
+                               vision_width=self.vision_width, text_layers=self.text_layers,
+                               text_width=self.text_width, text_heads=self.text_heads, embed_dim=self.embed_dim,
+                               context_length=self.context_length, vocab_size=self.vocab_size,
+                               steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                               warmup_steps=self.warmup_steps, weight_decay=self.weight_decay, seed=self.seed)
+
+    def stream_phantom(self) -> PhantomConfig:
+        return PhantomConfig(n_images=self.steps * self.batch_size, image_size=self.source_size,
+                             seed=self.phantom_seed, latent_states=False, shortcut_concept="",
+                             prevalence=dict.fromkeys(CONCEPT_NAMES, self.pretrain_rate))
+
+
+def stream_batch(cfg: PretrainConfig, step: int, names: dict[str, list[str]]
+                 ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """Step ``step``'s pairs: (batch, image_size, image_size) gray images in [0, 1], their texts, and what
+    their captions name: (batch, n_concepts) 0/1.
+
+    A pure function of (cfg, step): the stream needs no state to resume.
+    """
+    phantom = cfg.stream_phantom()
+    rng = np.random.default_rng([cfg.seed, 7, step])
+    images, texts, named = [], [], []
+    for j in range(cfg.batch_size):
+        index = step * cfg.batch_size + j
+        img, rows, states = generate_study(phantom, index)
+        named.append([float(r.present) for r in rows])
+        x = torch.from_numpy(img).float().div_(255.0)
+        images.append(preprocess_gray(x, cfg.image_size, (0.0,) * 3, (1.0,) * 3)[0])
+        if rng.random() < cfg.caption_fraction:
+            texts.append(describe(rows, rng, names, rotated=states["rotated"]))
+        else:
+            report = make_report(rows, np.random.default_rng([phantom.seed, 2, index]), view=view_of(rows),
+                                 rotated=states["rotated"])
+            texts.append(sample_sentences(report.text, rng))
+    return torch.stack(images), texts, torch.tensor(named)
+
+
+class PhraseHead(torch.nn.Module):
+    """Temperature and biases of the image-phrase loss (SigLIP's t and b); trained beside the encoder, not shipped.
+
+    One bias per concept and polarity: a phrase's prior ("no pacemaker" is true of most films, "pacemaker" of
+    few) is not the text tower's business, so the cosine only has to carry the image evidence.
+    """
+
+    def __init__(self, n_phrases: int = 2 * len(CONCEPT_NAMES)):
+        super().__init__()
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(20.0)))
+        self.logit_bias = torch.nn.Parameter(torch.zeros(n_phrases))
+
+
+def step_phrases(rng: np.random.Generator, names: dict[str, list[str]]) -> list[str]:
+    """One phrase per concept, then its negation ("no ..."): a vocabulary name or synonym, bare or in the
+    annotation prompt's form, so both the names and the prompt are learned."""
+    out = []
+    for concept in CONCEPT_NAMES:
+        options = [n for n in names[concept] if n not in ("l marker", "r marker")]
+        name = options[0] if rng.random() < 0.5 else options[int(rng.integers(len(options)))]
+        out.append(TEMPLATE.format(name) if rng.random() < 0.5 else name)
+    return out + [f"no {p}" if not p.startswith("A ") else f"no {p.split(' of a ', 1)[1]}" for p in out]
+
+
+def pair_losses(model: torch.nn.Module, head: PhraseHead, tokenizer, images: torch.Tensor, texts: list[str],
+                named: torch.Tensor, phrases: list[str], loss_fn, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The CLIP loss of the image-text pairs and the image-phrase loss (each image against every concept
+    phrase and its negation, a sigmoid per pair as in SigLIP: a multi-positive contrastive loss)."""
+    import torch.nn.functional as F
+
+    from lanic_nb.embed.clip_small import CLIP_MEAN, CLIP_STD
+
+    mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+    x = (images[:, None].to(device).expand(-1, 3, -1, -1) - mean) / std
+    img = F.normalize(model.encode_image(x), dim=-1)
+    txt = F.normalize(model.encode_text(_tokens(tokenizer, texts).to(device)), dim=-1)
+    clip = loss_fn(img, txt, model.logit_scale.exp())
+    ph = F.normalize(model.encode_text(_tokens(tokenizer, phrases).to(device)), dim=-1)
+    logits = head.logit_scale.exp() * img @ ph.T + head.logit_bias  # (batch, 2 * n_concepts)
+    target = torch.cat([named, 1.0 - named], dim=1).to(device)
+    return clip, F.binary_cross_entropy_with_logits(logits, target)
+
+
+def _tokens(tokenizer, texts: list[str]) -> torch.Tensor:
+    tokens = tokenizer(list(texts))
+    pad_id = tokenizer.tokenizer.pad_token_id  # trailing all-[PAD] columns change nothing under the mask
+    return tokens[:, : int((tokens != pad_id).sum(1).max())]
+
+
+def tokenizer_texts(cfg: PretrainConfig, names: dict[str, list[str]], n_steps: int = 40) -> list[str]:
+    """Texts the WordPiece vocabulary is counted on: the first steps' texts plus every vocabulary name."""
+    vocab = load_vocabulary()
+    texts = [t for step in range(n_steps) for t in _texts_only(cfg, step, names)]
+    texts += [" ".join([c, *syns]) for c, syns in zip(vocab["concept"], vocab["synonyms"], strict=True)]
+    return texts
+
+
+def _texts_only(cfg: PretrainConfig, step: int, names: dict[str, list[str]]) -> list[str]:
+    small = PretrainConfig(**{**asdict(cfg), "batch_size": min(cfg.batch_size, 64), "source_size": 32})
+    return stream_batch(small, step, names)[1] + step_phrases(np.random.default_rng(step), names)
+
+
+def _save_checkpoint(folder: Path, model, opt, step: int, history: dict, cfg: PretrainConfig) -> None:
+    write_tensors(folder / "checkpoint.safetensors", training_tensors(model, opt))
+    # The JSON goes last: a checkpoint counts only once its JSON names the step (both writes are atomic).
+    write_json(folder / "checkpoint.json", {"step": step, "config": asdict(cfg), "history": history})
+
+
+def _load_checkpoint(folder: Path, model, opt, cfg: PretrainConfig) -> tuple[int, dict] | None:
+    meta_path = folder / "checkpoint.json"
+    if not meta_path.exists():
+        return None
+    meta = read_json(meta_path)
+    if meta["config"] != asdict(cfg):
+        raise ValueError(f"the checkpoint in {folder} was made with another recipe; pass another --work folder "
+                         "or delete it to start afresh")
+    load_training_tensors(model, opt, read_tensors(folder / "checkpoint.safetensors"))
+    return int(meta["step"]), meta["history"]
+
+
+def pretrain(work_dir: str | Path, cfg: PretrainConfig, device: str | torch.device = "auto",
+             resume: bool = True, stop_at: int | None = None) -> tuple[torch.nn.Module, Path, dict]:
+    """Train (or continue training) the encoder in ``work_dir``; returns (model, model folder, history).
+
+    ``work_dir/model`` is the open_clip folder (config + tokenizer now, weights at the end);
+    ``work_dir/checkpoint`` the resumable state. History: per-step losses, progress checks, seconds.
+    ``stop_at`` ends this call after that step (with a checkpoint), as an interruption would; a later call
+    continues from there and ends exactly where an uninterrupted run would.
+    """
+    import open_clip
+    from open_clip.loss import ClipLoss
+
+    from lanic_nb.phantom.encoder_card import ProgressProbe
+
+    device = pick_device(device)
+    work = Path(work_dir)
+    folder, ckpt = work / "model", work / "checkpoint"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    names = vocabulary_names()
+    arch = cfg.architecture()
+    if not (folder / CONFIG_NAME).exists():
+        init_model_folder(folder, arch, tokenizer_texts(cfg, names))
+    full = read_json(folder / CONFIG_NAME)
+    seed_everything(cfg.seed)
+    model = build_clip(folder, full, arch.init_temperature_inv).to(device)
+    head = PhraseHead().to(device)
+    both = torch.nn.ModuleDict({"clip": model, "phrase": head})  # one state to checkpoint
+    opt = torch.optim.AdamW(both.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder.resolve()}")
+    history: dict = {"loss": [], "clip_loss": [], "phrase_loss": [], "checks": [], "seconds": 0.0,
+                     "machine": machine_line()}
+    start = 0
+    if resume and (loaded := _load_checkpoint(ckpt, both, opt, cfg)) is not None:
+        start, history = loaded
+        log.info("resuming the phantom encoder's pretraining at step %d of %d", start, cfg.steps)
+    probe = ProgressProbe(cfg) if cfg.eval_every else None
+    loss_fn = ClipLoss()
+    both.train()
+    t_last = time.perf_counter()
+    end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+    for step in (bar := progress(range(start, end), desc="pretrain phantom encoder", initial=start,
+                                 total=cfg.steps)):
+        images, texts, named = stream_batch(cfg, step, names)
+        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout draws from the global generator: per step, to resume
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        phrases = step_phrases(np.random.default_rng([cfg.seed, 8, step]), names)
+        clip_loss, phrase_loss = pair_losses(model, head, tokenizer, augment_images(images, gen), texts, named,
+                                             phrases, loss_fn, device)
+        loss = clip_loss + cfg.phrase_weight * phrase_loss
+        clip_update(model, opt, loss, cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.steps))
+        for key, value in (("loss", loss), ("clip_loss", clip_loss), ("phrase_loss", phrase_loss)):
+            history[key].append(round(value.item(), 4))
+        bar.set_postfix(clip=f"{history['clip_loss'][-1]:.3f}", phrase=f"{history['phrase_loss'][-1]:.3f}",
+                        refresh=False)
+        done = step + 1
+        if probe is not None and (done % cfg.eval_every == 0 or done == end):
+            history["checks"].append({"step": done, **probe(model)})
+            log.info("step %d: %s", done, history["checks"][-1])
+            both.train()
+        if done % cfg.checkpoint_every == 0 or done == end:
+            now = time.perf_counter()
+            history["seconds"] = round(history["seconds"] + now - t_last, 1)
+            t_last = now
+            _save_checkpoint(ckpt, both, opt, done, history, cfg)
+    model.eval()
+    return model, folder, history
+
+
+def export(model: torch.nn.Module, folder: Path, out_dir: str | Path, cfg: PretrainConfig, history: dict,
+           evaluation: dict) -> Path:
+    """Write the shipped folder: open_clip config + tokenizer (copied), weights in float16, and the card."""
+    from lanic_nb.phantom.encoder_card import generator_fingerprint, write_fingerprint
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in folder.iterdir():
+        if f.is_file() and f.name != WEIGHTS_NAME:
+            shutil.copy2(f, out / f.name)
+    # float16 halves the file (the checkpoint keeps float32); open_clip casts back on load
+    write_tensors(out / WEIGHTS_NAME, {k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v
+                                       for k, v in model.state_dict().items()})
+    write_fingerprint(out)
+    card = {
+        "name": "lanic-nb phantom encoder",
+        "what": "open_clip CustomTextCLIP: ModifiedResNet image tower + BERT text tower (transformers), "
+                "pretrained contrastively on phantom chest films paired with reports or captions",
+        "recipe": asdict(cfg),
+        "command": "python -m lanic_nb.phantom.encoder --work runs/phantom_encoder "
+                   "--out lanic_nb/resources/phantom_encoder",
+        "phantom_fingerprint": generator_fingerprint(),
+        "training": {"steps": len(history["loss"]), "images_seen": len(history["loss"]) * cfg.batch_size,
+                     "seconds": history["seconds"], "machine": history["machine"],
+                     "final_loss_mean_last_100": float(np.mean(history["loss"][-100:])),
+                     "loss_every_100": history["loss"][::100], "checks": history["checks"]},
+        "evaluation": evaluation,
+    }
+    write_json(out / CARD_NAME, card)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("runs/phantom_encoder"), help="checkpoints and model folder")
+    ap.add_argument("--out", type=Path, default=PHANTOM_ENCODER_DIR, help="where the shipped folder is written")
+    ap.add_argument("--steps", type=int, default=PretrainConfig.steps)
+    ap.add_argument("--batch-size", type=int, default=PretrainConfig.batch_size)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--eval-images", type=int, default=4000, help="held-out phantom images of the card")
+    ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    ap.add_argument("--stop-at", type=int, help="stop after this step (with a checkpoint); rerun to continue")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    from lanic_nb.phantom.encoder_card import evaluate_encoder
+
+    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size)
+    model, folder, history = pretrain(args.work, cfg, args.device, resume=not args.fresh, stop_at=args.stop_at)
+    if len(history["loss"]) < cfg.steps:
+        log.info("stopped at step %d of %d; run the same command again to continue", len(history["loss"]), cfg.steps)
+        return 0
+    write_tensors(folder / WEIGHTS_NAME, model.state_dict())
+    evaluation = evaluate_encoder(f"local-dir:{folder.resolve()}", cfg, n_images=args.eval_images)
+    out = export(model, folder, args.out, cfg, history, evaluation)
+    log.info("wrote %s (%s)", out, evaluation.get("summary"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
