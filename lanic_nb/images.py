@@ -7,11 +7,16 @@ Every reader of every dataset ends here, so the display conventions live in one 
   then the first VOI transform (VOI LUT Sequence, else Window Center/Width with its VOI LUT Function),
   else a min-max stretch of the stored values; MONOCHROME1 (bright = low values) is inverted so that
   bone is always bright.
-A file that cannot be decoded raises ImageReadError with the reason, which the embedding store records.
+A file that cannot be decoded raises ImageReadError with the reason, which the embedding store records;
+compressed transfer syntaxes are decoded by pydicom's plugins (pylibjpeg with its libjpeg, openjpeg and rle
+decoders are dependencies), and a missing decoder is named in the reason with the package to install.
+``dicom_info`` reads a header without the pixels and ``chest_radiograph_problems`` says why a file may not be
+a chest radiograph (Modality not CR/DX, BodyPartExamined not the chest).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -88,10 +93,15 @@ def _load_dicom(p: Path) -> np.ndarray:
         raise ImageReadError(p, f"not a readable DICOM file ({e})") from None
     if "PixelData" not in ds:
         raise ImageReadError(p, "DICOM file has no pixel data")
+    missing = missing_decoder(ds)
+    if missing:
+        raise ImageReadError(p, missing)
     try:
         raw = ds.pixel_array
     except Exception as e:  # pydicom raises many types (missing codec, bad length, ...)
-        raise ImageReadError(p, f"cannot decode DICOM pixel data ({type(e).__name__}: {e})") from None
+        hint = _install_hint(_transfer_syntax(ds))
+        raise ImageReadError(p, f"cannot decode DICOM pixel data ({type(e).__name__}: {e})"
+                             + (f"; if a decoder is missing: {hint}" if hint else "")) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if raw.ndim == 3 and photometric in ("MONOCHROME1", "MONOCHROME2"):
         raw = raw[0]  # multi-frame: the first frame
@@ -105,6 +115,114 @@ def _load_dicom(p: Path) -> np.ndarray:
     if photometric == "MONOCHROME1":
         out = 1.0 - out
     return out
+
+
+# Transfer syntax UID prefix -> what to install so pydicom can decode it (through its pylibjpeg plugin).
+_DECODERS = (
+    ("1.2.840.10008.1.2.4.5", "pylibjpeg and pylibjpeg-libjpeg"),  # JPEG baseline / extended (.50, .51)
+    ("1.2.840.10008.1.2.4.57", "pylibjpeg and pylibjpeg-libjpeg"),  # JPEG lossless
+    ("1.2.840.10008.1.2.4.70", "pylibjpeg and pylibjpeg-libjpeg"),  # JPEG lossless, first-order prediction
+    ("1.2.840.10008.1.2.4.8", "pylibjpeg and pylibjpeg-libjpeg"),  # JPEG-LS (.80, .81)
+    ("1.2.840.10008.1.2.4.9", "pylibjpeg and pylibjpeg-openjpeg"),  # JPEG 2000 (.90, .91, .92, .93)
+    ("1.2.840.10008.1.2.4.20", "pylibjpeg and pylibjpeg-openjpeg"),  # HTJ2K (.201, .202, .203)
+    ("1.2.840.10008.1.2.5", "pylibjpeg and pylibjpeg-rle"),  # RLE lossless
+)
+
+
+def _transfer_syntax(ds) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+
+
+def _install_hint(uid: str) -> str:
+    """``pip install ...`` for the decoder of transfer syntax ``uid`` ("" when none is known)."""
+    for prefix, packages in _DECODERS:
+        if uid.startswith(prefix):
+            return f"pip install {packages.replace(' and ', ' ')} (or python-gdcm)"
+    return ""
+
+
+def missing_decoder(ds) -> str:
+    """Why pydicom cannot decode ``ds``'s pixel data here, naming what to install; "" when it can."""
+    from pydicom.uid import UID
+
+    uid = _transfer_syntax(ds)
+    if not uid:
+        return ""
+    try:
+        from pydicom.pixels import get_decoder
+
+        decoder = get_decoder(UID(uid))
+    except NotImplementedError:
+        return (f"pydicom has no decoder for transfer syntax {UID(uid).name} ({uid}); convert the file to an "
+                "uncompressed syntax first (e.g. `gdcmconv --raw` or dcmtk's `dcmdjpeg`)")
+    except (ImportError, ValueError):  # pydicom < 3, or a malformed UID: let pixel_array decide
+        return ""
+    if decoder.is_available:
+        return ""
+    hint = _install_hint(uid) or "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle"
+    return f"no decoder for {UID(uid).name} is installed: {hint}"
+
+
+@dataclass(frozen=True)
+class DicomInfo:
+    """What a DICOM header says about the image (read without decoding the pixels)."""
+
+    modality: str
+    """Modality (CR, DX, MR, CT, ...), "" when absent."""
+    body_part: str
+    """BodyPartExamined, "" when absent."""
+    view_position: str
+    """ViewPosition (PA, AP, LL, ...), "" when absent."""
+    transfer_syntax: str
+    """The transfer syntax's name (e.g. "JPEG 2000 Image Compression")."""
+    photometric: str
+    """PhotometricInterpretation (MONOCHROME1 is inverted on reading)."""
+    n_frames: int
+    """Number of frames (only the first is read)."""
+
+
+RADIOGRAPH_MODALITIES = ("CR", "DX")
+"""Modalities of a projection radiograph (computed and digital radiography)."""
+_CHEST_WORDS = ("CHEST", "THORA", "TORAX", "TORACE", "LUNG", "PULMO", "THX")
+
+
+def dicom_info(path: str | Path) -> DicomInfo:
+    """The header of a DICOM file (raises ImageReadError when it is not one)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import UID
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as e:
+        raise ImageReadError(path, f"not a readable DICOM file ({e})") from None
+    uid = _transfer_syntax(ds)
+
+    def text(key: str) -> str:
+        return str(ds.get(key, "") or "").strip()
+
+    return DicomInfo(modality=text("Modality").upper(), body_part=text("BodyPartExamined").upper(),
+                     view_position=text("ViewPosition").upper(), transfer_syntax=UID(uid).name if uid else "",
+                     photometric=text("PhotometricInterpretation").upper(),
+                     n_frames=int(ds.get("NumberOfFrames", 1) or 1))
+
+
+def chest_radiograph_problems(info: DicomInfo) -> list[str]:
+    """Why a DICOM image may not be a chest radiograph (empty when nothing says so).
+
+    The Modality must be CR or DX; a BodyPartExamined that is present must name the chest (an absent one is
+    common on real chest films and not held against the image).
+    """
+    problems = []
+    if not info.modality:
+        problems.append("the DICOM header has no Modality: it may not be a radiograph")
+    elif info.modality not in RADIOGRAPH_MODALITIES:
+        problems.append(f"Modality {info.modality} is not a radiograph (CR or DX): a chest X-ray classifier's "
+                        "output on it means nothing")
+    if info.body_part and not any(w in info.body_part for w in _CHEST_WORDS):
+        problems.append(f"BodyPartExamined {info.body_part} is not the chest")
+    return problems
 
 
 def _apply_voi(values: np.ndarray, ds) -> np.ndarray | None:

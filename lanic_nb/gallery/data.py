@@ -23,10 +23,10 @@ from PIL import Image
 from lanic_nb.attribute.core import Attribution, attribute
 from lanic_nb.attribute.stage import load_run
 from lanic_nb.embed.store import EmbeddingStore
-from lanic_nb.explain import explain_prediction, pattern_info, top_evidence
+from lanic_nb.explain.text import explain_prediction, pattern_info, top_evidence
 from lanic_nb.images import ImageReadError, load_image
-from lanic_nb.io import read_table
 from lanic_nb.manifest import FINDINGS, resolve_image_path
+from lanic_nb.patterns.stage import load_pattern_table
 from lanic_nb.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -85,20 +85,10 @@ class GalleryData:
             image_paths=[resolve_image_path(rd.manifest, p) for p in sub["image_path"]],
             labels=sub[list(FINDINGS)].to_numpy(np.float32),
             attribution=attr,
-            patterns=load_pattern_table(rd, ps),
+            patterns=load_pattern_table(rd.patterns, ps),
             sentences=sentences,
             dataset=",".join(sorted(set(sub["dataset"].astype(str)))),
         )
-
-
-def load_pattern_table(rd: RunDir, ps) -> pd.DataFrame:
-    """patterns/patterns.parquet when the concept stage wrote it, else a bare table from the PatternSet."""
-    path = rd.patterns / "patterns.parquet"
-    if path.exists():
-        return read_table(path).sort_values("pattern_id").reset_index(drop=True)
-    log.warning("%s not found: patterns have no concepts or categories", path)
-    return pd.DataFrame({"pattern_id": np.arange(ps.n_patterns), "category": "",
-                         "consistency": ps.consistency.numpy()})
 
 
 # ---------------------------------------------------------------- pure pieces (shared by the widgets and the HTML page)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lanic_nb.explain import signed
+from lanic_nb.explain.text import signed
 from lanic_nb.gallery.data import (
     GalleryData,
     b64,

@@ -18,7 +18,7 @@ from html import escape
 import ipywidgets as W
 import numpy as np
 
-from lanic_nb.explain import signed
+from lanic_nb.explain.text import signed
 from lanic_nb.gallery.data import (
     GalleryData,
     describe_pattern,
@@ -58,11 +58,17 @@ def pattern_info_html(data: GalleryData, pattern: int) -> str:
 
 
 def probabilities_html(data: GalleryData, image: int) -> str:
+    """The five probabilities as bars, with the report labels when the image has any (a new image has none)."""
     p = data.probabilities[image]
+    labelled = not np.isnan(data.labels[image]).all()
     rows = "".join(
-        f"<tr><td>{f}</td><td><div class='bar' style='width:{100 * v:.0f}px'></div></td><td>{v:.2f}</td>"
-        f"<td>{label_text(data.labels[image, j])}</td></tr>" for j, (f, v) in enumerate(zip(FINDINGS, p, strict=True)))
-    return f"<table class='probs'><tr><th>finding</th><th></th><th>p</th><th>report label</th></tr>{rows}</table>"
+        # inline colour and height: in JupyterLab no style sheet defines .bar
+        f"<tr><td>{f}</td><td><div class='bar' style='width:{100 * v:.0f}px;height:10px;background:#c44e52'></div>"
+        f"</td><td>{v:.2f}</td>"
+        + (f"<td>{label_text(data.labels[image, j])}</td>" if labelled else "") + "</tr>"
+        for j, (f, v) in enumerate(zip(FINDINGS, p, strict=True)))
+    head = "<th>report label</th>" if labelled else ""
+    return f"<table class='probs'><tr><th>finding</th><th></th><th>p</th>{head}</tr>{rows}</table>"
 
 
 # ---------------------------------------------------------------- widgets
@@ -140,10 +146,16 @@ class PatternGallery:
 
 
 class ImageView:
-    """One image: the image, five probabilities, a waterfall of its top patterns and the explanation."""
+    """One image: the image, five probabilities, a waterfall of its top patterns and the explanation.
 
-    def __init__(self, data: GalleryData, gallery: PatternGallery | None = None, n_top: int = 8, on_open=None):
+    ``text_of(image, finding)``, when given, supplies the explanation text (e.g. one already written with an
+    annotator model's sentences); by default it is the template text of ``explanation``.
+    """
+
+    def __init__(self, data: GalleryData, gallery: PatternGallery | None = None, n_top: int = 8, on_open=None,
+                 text_of=None):
         self.data, self.gallery, self.n_top, self.on_open = data, gallery, n_top, on_open
+        self.text_of = text_of
         self.image_select = W.Dropdown(options=[(str(iid), i) for i, iid in enumerate(data.image_ids)],
                                        value=0 if data.n_images else None, description="image")
         best = int(np.nanargmax(data.probabilities.mean(0))) if data.n_images else 0
@@ -177,7 +189,8 @@ class ImageView:
             b.on_click(self._open)
             buttons.append(b)
         self.buttons.children = tuple(buttons)
-        self.text.value = f"<p class='explanation'>{escape(explanation(self.data, i, c))}</p>"
+        text = self.text_of(i, c) if self.text_of is not None else explanation(self.data, i, c)
+        self.text.value = f"<p class='explanation'>{escape(text)}</p>"
 
     def _tooltip(self, p: int) -> str:
         cat, concepts = self.data.info().get(p, ("", ()))

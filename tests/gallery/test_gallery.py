@@ -21,7 +21,7 @@ from lanic_nb.attribute.core import attribute, patterns_for_mass
 from lanic_nb.attribute.faithfulness import deletion_test, insertion_curves
 from lanic_nb.attribute.stage import load_run
 from lanic_nb.classify import ClassifierConfig, DiagnosticClassifier
-from lanic_nb.explain import Annotator, PatternEvidence, explain_prediction, top_evidence
+from lanic_nb.explain.text import Annotator, PatternEvidence, explain_prediction, top_evidence
 from lanic_nb.gallery.data import GalleryData, label_text, ranked_patterns, top_sentences, waterfall_terms
 from lanic_nb.gallery.html import export_html
 from lanic_nb.gallery.stage import GalleryConfig, run_gallery

@@ -5,7 +5,8 @@ logit toward the finding and those that push against it, each named by its categ
 is what the attribution *shows*; it adds no knowledge of its own.
 
 CXR-LanIC planned richer text from a large multimodal model. ``Annotator`` is the seam for that: any
-object with an ``annotate`` method of the right signature can be passed to ``explain_prediction``. None is
+object with an ``annotate`` method of the right signature can be passed to ``explain_prediction``, and
+``lanic_nb.explain.annotator.HFAnnotator`` is one on a local Hugging Face image-text-to-text model. None is
 called by default and nothing here opens a network connection.
 """
 
@@ -84,7 +85,8 @@ def signed(v: float) -> str:
     return f"{v:+.2f}" if v == 0 or abs(v) >= 0.01 else f"{v:+.1e}"
 
 
-def _likelihood(p: float) -> str:
+def likelihood(p: float) -> str:
+    """The probability in words: likely present, possibly present, probably absent or likely absent."""
     if p >= 0.8:
         return "likely present"
     if p >= 0.5:
@@ -108,7 +110,7 @@ def explain_prediction(
     ``total_abs`` is the sum of |contribution| over all patterns (for the share sentence); ``error`` the
     reconstruction-error term of the logit (mentioned when it is large compared with the top pattern).
     """
-    parts = [f"{finding}: probability {probability:.2f} ({_likelihood(probability)})."]
+    parts = [f"{finding}: probability {probability:.2f} ({likelihood(probability)})."]
     pro = [e for e in evidence if e.contribution > 0]
     con = [e for e in evidence if e.contribution < 0]
     if pro:
