@@ -130,3 +130,18 @@ def test_retrained_encoder_under_the_same_name_rebuilds(tmp_path):
     assert first.name == second.name and first.fingerprint() != second.fingerprint()
     b = _run(tmp_path, "s", second, m, batch_size=4)
     assert b.header["encoder_fingerprint"] == second.fingerprint() and not np.allclose(a, b.image)
+
+
+def test_run_embed_small_trains_a_clip_from_scratch(tmp_path):
+    """The teaching option: model="small" trains a CLIP on the run's own pairs into clip/ and embeds with it."""
+    from lanic_nb.embed.stage import EmbedConfig, run_embed
+    from lanic_nb.phantom.config import PhantomConfig
+    from lanic_nb.phantom.generate import make_phantom_dataset
+
+    make_phantom_dataset(tmp_path, PhantomConfig(n_images=40, image_size=32), workers=1)
+    res = run_embed(tmp_path, EmbedConfig(device="cpu", model="small", clip_steps=2, clip_batch_size=8,
+                                          clip_image_size=32, batch_size=16, num_workers=0))
+    assert res.train_log is not None and len(res.train_log["losses"]) == 2 and res.card is None
+    assert res.summary["clip_steps"] == 2 and "encoder_load_seconds" not in res.summary
+    assert res.encoder.name == f"local-dir:{(RunDir(tmp_path).clip).resolve()}"
+    assert res.store.complete and res.store.image.shape == (40, res.encoder.embed_dim)

@@ -38,3 +38,28 @@ def plot_insertion(curves: pd.DataFrame):
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_evidence_shares(evidence: pd.DataFrame):
+    """Stacked bars per finding: the share of its positive pattern evidence from device/artifact patterns, from
+    patterns named by the finding itself, and from the rest (images the classifier calls positive)."""
+    import matplotlib.pyplot as plt
+
+    parts = (("own_share", "the finding's own concept", "#4c9f70"),
+             ("other_share", "other patterns", "#c9c9c9"),
+             ("confounder_share", "device / artifact patterns", "#d1495b"))
+    fig, ax = plt.subplots(figsize=(6.5, 3.0))
+    left = pd.Series(0.0, index=evidence.index)
+    y = range(len(evidence))
+    for col, label, color in parts:
+        values = evidence[col].fillna(0.0)
+        ax.barh(y, values, left=left, color=color, label=label)
+        left = left + values
+    ax.set_yticks(list(y), [f"{f} (n={n})" for f, n in zip(evidence["finding"], evidence["n_images"], strict=True)],
+                  fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of positive pattern evidence (images called positive)")
+    ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
+    fig.tight_layout()
+    return fig

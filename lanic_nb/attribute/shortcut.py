@@ -11,10 +11,18 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from lanic_nb.attribute.core import Attribution
-from lanic_nb.evaluation import finding_concept, ground_truth_matrix, load_ground_truth, planted_shortcut
+from lanic_nb.concepts.vocabulary import load_vocabulary, match_concept
+from lanic_nb.evaluation import (
+    concept_categories,
+    finding_concept,
+    ground_truth_matrix,
+    load_ground_truth,
+    planted_shortcut,
+)
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.metrics import unit_aurocs
 
@@ -29,18 +37,28 @@ def top_pattern_hits(attr: Attribution, finding: int, pattern: int, rows: np.nda
     return (idx == pattern).any(1).numpy()
 
 
-def shortcut_check(run_dir: str | Path, attr: Attribution, image_ids: np.ndarray, top: int = 5) -> dict | None:
-    """Is the pattern that best detects the shortcut concept among the top contributions to its finding?
+def is_named(name: str, planted: str, vocab: pd.DataFrame) -> bool:
+    """Whether an annotated concept name denotes the planted concept (its vocabulary entry or a synonym)."""
+    return bool(name) and match_concept(name, vocab) == match_concept(planted, vocab)
+
+
+def shortcut_check(run_dir: str | Path, attr: Attribution, image_ids: np.ndarray, top: int = 5,
+                   patterns: pd.DataFrame | None = None) -> dict | None:
+    """Is the pattern that best detects the shortcut concept among the top contributions to its finding,
+    and is it named for what it is?
 
     The pattern with the highest AUROC of its activation against the concept's ground truth is looked up
     among the ``top`` largest contributions toward the shortcut finding on every image where the finding
-    is truly present. Returns None when the run plants no shortcut.
+    is truly present. With the pattern table (``patterns``: rows in pattern order), its annotation is checked
+    too: ``shortcut_named`` when its first concept is the planted concept or a synonym, ``category_correct``
+    when its category is the planted concept's. Returns None when the run plants no shortcut.
     """
     planted = planted_shortcut(run_dir)
     if planted is None or planted[1] not in FINDINGS:
         return None
     concept, finding = planted
-    truth = ground_truth_matrix(load_ground_truth(run_dir), [str(i) for i in image_ids])
+    gt = load_ground_truth(run_dir)
+    truth = ground_truth_matrix(gt, [str(i) for i in image_ids])
     has_concept = truth[concept].to_numpy(bool)
     has_finding = truth[finding_concept(finding)].to_numpy(bool)
     if attr.activations.shape[1] == 0:
@@ -52,6 +70,14 @@ def shortcut_check(run_dir: str | Path, attr: Attribution, image_ids: np.ndarray
     hits = top_pattern_hits(attr, c, best, np.flatnonzero(has_finding), top)
     both = has_finding & has_concept
     hits_both = top_pattern_hits(attr, c, best, np.flatnonzero(both), top)
+    naming = {}
+    if patterns is not None and len(patterns) == attr.activations.shape[1]:
+        row = patterns.iloc[best]
+        name, category = str(row.get("concept_1", "") or ""), str(row.get("category", "") or "")
+        true_category = concept_categories(gt).get(concept, "")
+        naming = {"pattern_name": name, "pattern_category": category, "true_category": true_category,
+                  "shortcut_named": is_named(name, concept, load_vocabulary()),
+                  "category_correct": category == true_category}
     return {
         "concept": concept, "finding": finding, "pattern": best, "pattern_auroc": float(au[best]),
         "top": top, "n_positive": int(has_finding.sum()),
@@ -60,4 +86,5 @@ def shortcut_check(run_dir: str | Path, attr: Attribution, image_ids: np.ndarray
         "share_with_concept": float(hits_both.mean()) if len(hits_both) else float("nan"),
         "mean_contribution": float(attr.contributions[torch.from_numpy(has_finding.copy()), best, c].mean())
         if has_finding.any() else float("nan"),
+        **naming,
     }

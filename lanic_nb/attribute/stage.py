@@ -2,7 +2,8 @@
 
 Reads ``classifier/``, ``transcoders/``, ``patterns/`` and the embedding store; writes into ``attribution/``
 ``contributions.parquet`` (top contributions per image and finding), ``summary.parquet`` (the four terms
-per image and finding), ``patterns_for_90.parquet`` / ``.png``, ``deletion.parquet``, ``insertion.parquet``
+per image and finding), ``evidence.parquet`` (per finding, how much evidence comes from device/artifact patterns
+and how much from the finding's own concept), ``patterns_for_90.parquet`` / ``.png``, ``deletion.parquet``, ``insertion.parquet``
 / ``.png``, and ``metrics/06_attribution.json``.
 """
 
@@ -26,6 +27,7 @@ from lanic_nb.attribute.core import (
     summary_table,
     term_sizes,
 )
+from lanic_nb.attribute.evidence import evidence_shares
 from lanic_nb.attribute.faithfulness import deletion_test, insertion_curves
 from lanic_nb.attribute.plots import plot_insertion, plot_mass_distribution
 from lanic_nb.attribute.shortcut import shortcut_check
@@ -36,6 +38,7 @@ from lanic_nb.embed.store import load_embedded
 from lanic_nb.io import write_figure, write_table
 from lanic_nb.manifest import SPLITS
 from lanic_nb.patterns.merge import PatternSet
+from lanic_nb.patterns.stage import load_pattern_table
 from lanic_nb.rundir import RunDir, record_metrics
 from lanic_nb.transcoder.model import TranscoderEnsemble
 
@@ -126,6 +129,7 @@ class AttributionResult:
     deletion: pd.DataFrame  # deletion.parquet
     insertion: pd.DataFrame  # insertion.parquet
     shortcut: dict | None  # the phantom's shortcut check (None: the run plants none)
+    evidence: pd.DataFrame  # per finding: shares of positive evidence from confounders / its own concept
     metrics: dict = field(default_factory=dict)  # as recorded in metrics/06_attribution.json
 
 
@@ -153,7 +157,9 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig) -> Attributi
     deletion = deletion_test(run.classifier, run.ensemble, latent_pattern, attr, run.x, k=cfg.k,
                              n_random=cfg.n_random)
     curves = insertion_curves(attr, cfg.insertion_ks, n_random=cfg.n_random)
-    shortcut = shortcut_check(rd.root, attr, image_ids, top=cfg.shortcut_top)
+    table = load_pattern_table(rd.patterns, ps)
+    shortcut = shortcut_check(rd.root, attr, image_ids, top=cfg.shortcut_top, patterns=table)
+    evidence = evidence_shares(attr, table)
 
     import matplotlib.pyplot as plt  # pyplot only when figures are drawn
 
@@ -164,6 +170,7 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig) -> Attributi
     write_table(out / "patterns_for_90.parquet", mass_table)
     write_table(out / "deletion.parquet", deletion)
     write_table(out / "insertion.parquet", curves)
+    write_table(out / "evidence.parquet", evidence)
     for name, fig in (("patterns_for_90.png", plot_mass_distribution(counts, cfg.mass)),
                       ("insertion.png", plot_insertion(curves))):
         write_figure(out / name, fig)
@@ -179,9 +186,14 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig) -> Attributi
         "deletion_ratio_min": float(deletion["ratio"].min()),
         "shortcut": shortcut,
         "shortcut_share": None if shortcut is None else shortcut["share"],
+        "shortcut_named": None if shortcut is None else shortcut.get("shortcut_named"),
+        "shortcut_category_correct": None if shortcut is None else shortcut.get("category_correct"),
+        "evidence": {r.finding: {"confounder_share": r.confounder_share, "own_share": r.own_share,
+                                 "n_images": r.n_images, "top_confounder": r.top_confounder}
+                     for r in evidence.itertuples()},
     }
     record_metrics(rd.root, "06_attribution", metrics)
     return AttributionResult(attribution=attr, image_ids=image_ids, n_patterns=ps.n_patterns,
                              identity_error=identity_error, summary=summary, terms=term_sizes(summary),
                              counts=counts, mass_table=mass_table, deletion=deletion, insertion=curves,
-                             shortcut=shortcut, metrics=metrics)
+                             shortcut=shortcut, evidence=evidence, metrics=metrics)

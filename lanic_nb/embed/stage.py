@@ -13,6 +13,7 @@ manifest.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,9 @@ import pandas as pd
 from lanic_nb.device import pick_device, seed_everything
 from lanic_nb.embed.clip_eval import write_clip_evaluation
 from lanic_nb.embed.clip_small import SmallClipConfig, fit_small_clip
-from lanic_nb.embed.encoders import Encoder, load_encoder
+from lanic_nb.embed.encoders import LOCAL_PREFIX, Encoder, load_encoder
 from lanic_nb.embed.store import EmbeddingStore, embed_manifest
-from lanic_nb.io import read_table
+from lanic_nb.io import read_json, read_table
 from lanic_nb.rundir import RunDir, record_metrics
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class EmbedResult:
     store: EmbeddingStore
     train_log: dict | None
     """The small CLIP's training (losses per step, seconds, pairs); None for a loaded encoder."""
+    card: dict | None
+    """The loaded encoder's card (``card.json`` beside its weights: recipe, fingerprint, figures), if it has one."""
     clip_metrics: dict
     """Retrieval and zero-shot figures on the test split (``clip/metrics.json``)."""
     zeroshot: pd.DataFrame
@@ -83,7 +86,10 @@ def run_embed(run_dir: str | Path, cfg: EmbedConfig | None = None) -> EmbedResul
         encoder, train_log = fit_small_clip(run_dir, clip_cfg, device)
         log.info("small CLIP trained on %d pairs in %.0f s", train_log["n_pairs"], train_log["train_seconds"])
     else:
+        t0 = time.perf_counter()
         encoder = load_encoder(cfg.model, device)
+        load_seconds = time.perf_counter() - t0
+        log.info("loaded %s in %.1f s", encoder.name, load_seconds)
     store = embed_manifest(run_dir, encoder, manifest, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                            data_dir=mpath.parent)
     clip_metrics = write_clip_evaluation(run_dir, encoder, manifest, store.image, store.report)
@@ -101,6 +107,17 @@ def run_embed(run_dir: str | Path, cfg: EmbedConfig | None = None) -> EmbedResul
     if train_log is not None:
         summary.update(clip_train_seconds=train_log["train_seconds"], clip_final_loss=train_log["losses"][-1],
                        clip_steps=len(train_log["losses"]))
+    else:
+        summary["encoder_load_seconds"] = round(load_seconds, 2)
+    card = encoder_card(encoder)
     record_metrics(run_dir, "01_embed", summary)
     zeroshot = read_table(rd.clip / "zeroshot_scores.parquet")
-    return EmbedResult(encoder, manifest, mpath.parent, store, train_log, clip_metrics, zeroshot, summary)
+    return EmbedResult(encoder, manifest, mpath.parent, store, train_log, card, clip_metrics, zeroshot, summary)
+
+
+def encoder_card(encoder: Encoder) -> dict | None:
+    """``card.json`` from a local-dir encoder's folder (the shipped phantom encoder has one), else None."""
+    if not encoder.name.startswith(LOCAL_PREFIX):
+        return None
+    path = Path(encoder.name[len(LOCAL_PREFIX):]) / "card.json"
+    return read_json(path) if path.exists() else None

@@ -81,3 +81,26 @@ def plot_zeroshot_roc(manifest: pd.DataFrame, scores: pd.DataFrame, split: str =
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def plot_card(card: dict):
+    """The shipped encoder's card in two panels: pretraining (probe checks over steps) and its figures on
+    unseen phantom films (linear-probe AUROC per planted concept, with the 0.95 target)."""
+    ev, checks = card["evaluation"], card["training"].get("checks", [])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 2]})
+    if checks:
+        a.plot([c["step"] for c in checks], [c["probe_at_target"] for c in checks], "-o", ms=3)
+    n = len(ev["probe_auroc"])
+    a.axhline(n, color="gray", ls=":", lw=1)
+    a.set(xlabel="pretraining step", ylabel=f"concepts probed at AUROC >= {ev['probe_target']}", ylim=(0, n + 1),
+          title="during pretraining (held-out films)")
+    names = sorted(ev["probe_auroc"], key=lambda c: ev["probe_auroc"][c])
+    values = [ev["probe_auroc"][c] for c in names]
+    b.barh(range(n), values, color=["#d1495b" if v < ev["probe_target"] else "#4c9f70" for v in values])
+    b.axvline(ev["probe_target"], color="k", ls="--", lw=1)
+    b.set_yticks(range(n), [c.replace("_", " ") for c in names], fontsize=7)
+    b.set_xlim(min(0.5, min(values) - 0.02), 1.0)
+    b.set(xlabel="linear-probe AUROC on the image embedding",
+          title=f"unseen phantom (seed {ev['phantom']['seed']}, {ev['phantom']['n_images']} films)")
+    fig.tight_layout()
+    return fig

@@ -181,6 +181,6 @@ def headline_metrics(evaluation: pd.DataFrame, main: str = "ensemble patterns") 
     for _, row in evaluation.iterrows():
         suffix = "" if row["units"] == main else "_" + str(row["units"]).replace(" ", "_")
         for key in ("recovery", "category_accuracy", "concept_accuracy", "category_accuracy_best", "category_agreement",
-                    "mean_best_auroc"):
+                    "mean_best_auroc", "n_monosemantic"):
             out[key + suffix] = float(row[key])
     return out

@@ -28,7 +28,7 @@ from lanic_nb.concepts.annotate import (
 from lanic_nb.concepts.space import ConceptSpace, concept_space
 from lanic_nb.device import pick_device
 from lanic_nb.embed.store import load_embedded
-from lanic_nb.io import write_table
+from lanic_nb.io import read_table, write_table
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.patterns.evaluate import evaluate_unit_sets, headline_metrics, recovery_by_concept
 from lanic_nb.patterns.merge import MergeConfig, PatternSet, merge_latents
@@ -84,6 +84,9 @@ class PatternsConfig:
     """At most this many representative images per pattern."""
     standardize: bool = True
     """z-score each concept's similarity across images (not in MAMMI; see concepts.annotate)."""
+    contrast_neighbors: int = 10
+    """Name a pattern by what its images show more than their silent look-alikes (0: plain MAMMI scoring).
+    Confounded concepts (a portable film and the tubes of the same sick patients) share those look-alikes."""
     n_sentences: int = 3
     """Top report sentences per pattern."""
     known_names_only: bool = True
@@ -114,7 +117,8 @@ class PatternsConfig:
 
     def annotation_config(self) -> AnnotationConfig:
         return AnnotationConfig(top_fraction=self.top_fraction, beta=self.beta, min_images=self.min_images,
-                                max_images=self.max_images, standardize=self.standardize)
+                                max_images=self.max_images, standardize=self.standardize,
+                                contrast_neighbors=self.contrast_neighbors)
 
 
 @dataclass
@@ -141,6 +145,20 @@ def load_stage_inputs(run_dir: str | Path, device: str | torch.device = "cpu") -
         x=torch.from_numpy(emb.x),
         image_ids=emb.image_ids,
     )
+
+
+def load_pattern_table(folder: str | Path, patterns: PatternSet) -> pd.DataFrame:
+    """patterns.parquet in pattern order (one row per pattern), or, before the pattern stage has named them,
+    a bare table of ids and consistencies."""
+    path = Path(folder) / PATTERN_TABLE
+    if not path.exists():
+        log.warning("%s not found: patterns have no concepts or categories", path)
+        return pd.DataFrame({"pattern_id": np.arange(patterns.n_patterns), "category": "",
+                             "consistency": patterns.consistency.numpy()})
+    table = read_table(path).sort_values("pattern_id").reset_index(drop=True)
+    if len(table) != patterns.n_patterns:
+        raise ValueError(f"{path} has {len(table)} patterns, the pattern set {patterns.n_patterns}: rerun 04")
+    return table
 
 
 def assemble_pattern_table(
@@ -217,7 +235,8 @@ def run_patterns(run_dir: str | Path, config: PatternsConfig | None = None) -> P
                           max_mined=cfg.max_mined, known_names_only=cfg.known_names_only)
     log.info("%d concepts (%d mined)", len(space.vocab), space.n_mined)
     ann_cfg = cfg.annotation_config()
-    annotations = annotate_units(act, space.similarity, space.vocab, ann_cfg)
+    x_np = inp.x.numpy()
+    annotations = annotate_units(act, space.similarity, space.vocab, ann_cfg, embeddings=x_np)
     sent_act = pattern_activations(ens, ps, torch.from_numpy(np.array(inp.store.sentence, dtype=np.float32)))
     sentences = top_sentences(sent_act.numpy(), inp.store.sentences["text"].astype(str).tolist(), k=cfg.n_sentences)
     table = assemble_pattern_table(ps, stats, effects, annotations, sentences)
@@ -232,7 +251,7 @@ def run_patterns(run_dir: str | Path, config: PatternsConfig | None = None) -> P
     # Evaluation against the planted truth (phantom only; empty tables and no files on real data).
     unit_sets = {MAIN_SET: (act, annotations)}
     for name, units in baselines.items():
-        unit_sets[name] = (units, annotate_units(units, space.similarity, space.vocab, ann_cfg))
+        unit_sets[name] = (units, annotate_units(units, space.similarity, space.vocab, ann_cfg, embeddings=x_np))
     evaluation, per_unit = evaluate_unit_sets(rd.root, inp.image_ids, unit_sets, space.vocab, cfg.recover_at,
                                               cfg.monosemantic_at)
     h = hidden_targets(inp.classifier, inp.x.numpy(), dev).cpu().numpy()
@@ -246,6 +265,14 @@ def run_patterns(run_dir: str | Path, config: PatternsConfig | None = None) -> P
     return result
 
 
+def _ceilings(by: pd.DataFrame, recover_at: float) -> dict:
+    """What linear probes reach (the ceiling of any unit) and the patterns' recovery as a share of it."""
+    hidden = float(by["probe_classifier_hidden"].ge(recover_at).mean())
+    return {"probe_ceiling_embedding": float(by["probe_embedding"].ge(recover_at).mean()),
+            "probe_ceiling_hidden": hidden,
+            "recovery_of_hidden_ceiling": float(by["recovered"].mean()) / hidden if hidden else float("nan")}
+
+
 def pattern_metrics(result: PatternsResult, recover_at: float) -> dict:
     """The figures of ``metrics/04_patterns.json`` (recovery and probe ceilings only with planted truth)."""
     ps, by = result.patterns, result.by_concept
@@ -257,8 +284,7 @@ def pattern_metrics(result: PatternsResult, recover_at: float) -> dict:
         "n_concepts": len(result.concepts.vocab),
         "n_mined": result.concepts.n_mined,
         **headline_metrics(result.evaluation, main=MAIN_SET),
-        **({"probe_ceiling_embedding": float(by["probe_embedding"].ge(recover_at).mean()),
-            "probe_ceiling_hidden": float(by["probe_classifier_hidden"].ge(recover_at).mean())} if len(by) else {}),
+        **(_ceilings(by, recover_at) if len(by) else {}),
         "report_lift": lift[MAIN_SET],
         "report_lift_single_transcoder": lift["single transcoder"],
         "report_lift_embedding_dims": lift["embedding dims"],

@@ -63,9 +63,9 @@ CARD_NAME = "card.json"
 class PretrainConfig:
     """The recipe of the phantom encoder (architecture, data stream, optimisation)."""
 
-    steps: int = 6000
+    steps: int = 2000
     """Optimizer steps; each sees ``batch_size`` fresh phantom images (no image is seen twice)."""
-    batch_size: int = 128
+    batch_size: int = 64
     """Image-text pairs per step (the contrastive negatives)."""
     image_size: int = 128
     """Encoder input side: the 224 px phantom films are resized to it, as every user image is."""
@@ -97,13 +97,15 @@ class PretrainConfig:
     """Share of pairs whose text is a figure-style caption; the rest get their clinical report."""
     phrase_weight: float = 2.0
     """Weight of the image-phrase loss (every image against each concept's name and its negation)."""
+    tag_weight: float = 1.0
+    """Weight of the tagging loss (the caption's concepts read linearly off the image embedding)."""
     pretrain_rate: float = 0.3
     """Rate at which every concept is planted, independently, in the pretraining stream."""
     phantom_seed: int = 1_000
     """Phantom seed of the stream (runs use other seeds; the card's evaluation uses ``eval_seed``)."""
     eval_seed: int = 2_027
     """Phantom seed of the held-out images that the card and the progress checks are measured on."""
-    eval_every: int = 1000
+    eval_every: int = 250
     """Steps between progress checks (linear probes on held-out images, logged; 0: none)."""
     checkpoint_every: int = 200
     """Steps between checkpoints (the run resumes from the last one)."""
@@ -169,10 +171,14 @@ class PhraseHead(torch.nn.Module):
     few) is not the text tower's business, so the cosine only has to carry the image evidence.
     """
 
-    def __init__(self, n_phrases: int = 2 * len(CONCEPT_NAMES)):
+    def __init__(self, embed_dim: int, n_concepts: int = len(CONCEPT_NAMES)):
         super().__init__()
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(20.0)))
-        self.logit_bias = torch.nn.Parameter(torch.zeros(n_phrases))
+        self.logit_bias = torch.nn.Parameter(torch.zeros(2 * n_concepts))
+        # The tagging head: the caption's concepts read linearly off the image embedding (as image-tagging
+        # pretraining does, e.g. Recognize Anything). It shapes the image tower from the first steps, while
+        # the text tower is still too undifferentiated to pull it anywhere; dropped at export.
+        self.tags = torch.nn.Linear(embed_dim, n_concepts)
 
 
 def step_phrases(rng: np.random.Generator, names: dict[str, list[str]]) -> list[str]:
@@ -188,8 +194,8 @@ def step_phrases(rng: np.random.Generator, names: dict[str, list[str]]) -> list[
 
 def pair_losses(model: torch.nn.Module, head: PhraseHead, tokenizer, images: torch.Tensor, texts: list[str],
                 named: torch.Tensor, phrases: list[str], loss_fn, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """The CLIP loss of the image-text pairs and the image-phrase loss (each image against every concept
-    phrase and its negation, a sigmoid per pair as in SigLIP: a multi-positive contrastive loss)."""
+    """The CLIP loss of the image-text pairs, the image-phrase loss (each image against every concept phrase and
+    its negation, a sigmoid per pair as in SigLIP: a multi-positive contrastive loss), and the tagging loss."""
     import torch.nn.functional as F
 
     from lanic_nb.embed.clip_small import CLIP_MEAN, CLIP_STD
@@ -197,13 +203,15 @@ def pair_losses(model: torch.nn.Module, head: PhraseHead, tokenizer, images: tor
     mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
     x = (images[:, None].to(device).expand(-1, 3, -1, -1) - mean) / std
-    img = F.normalize(model.encode_image(x), dim=-1)
+    raw = model.encode_image(x)
+    img = F.normalize(raw, dim=-1)
     txt = F.normalize(model.encode_text(_tokens(tokenizer, texts).to(device)), dim=-1)
     clip = loss_fn(img, txt, model.logit_scale.exp())
     ph = F.normalize(model.encode_text(_tokens(tokenizer, phrases).to(device)), dim=-1)
     logits = head.logit_scale.exp() * img @ ph.T + head.logit_bias  # (batch, 2 * n_concepts)
     target = torch.cat([named, 1.0 - named], dim=1).to(device)
-    return clip, F.binary_cross_entropy_with_logits(logits, target)
+    tags = F.binary_cross_entropy_with_logits(head.tags(raw), named.to(device))
+    return clip, F.binary_cross_entropy_with_logits(logits, target), tags
 
 
 def _tokens(tokenizer, texts: list[str]) -> torch.Tensor:
@@ -268,12 +276,12 @@ def pretrain(work_dir: str | Path, cfg: PretrainConfig, device: str | torch.devi
     full = read_json(folder / CONFIG_NAME)
     seed_everything(cfg.seed)
     model = build_clip(folder, full, arch.init_temperature_inv).to(device)
-    head = PhraseHead().to(device)
+    head = PhraseHead(cfg.embed_dim).to(device)
     both = torch.nn.ModuleDict({"clip": model, "phrase": head})  # one state to checkpoint
     opt = torch.optim.AdamW(both.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     tokenizer = open_clip.get_tokenizer(f"local-dir:{folder.resolve()}")
-    history: dict = {"loss": [], "clip_loss": [], "phrase_loss": [], "checks": [], "seconds": 0.0,
-                     "machine": machine_line()}
+    history: dict = {"loss": [], "clip_loss": [], "phrase_loss": [], "tag_loss": [], "checks": [],
+                     "seconds": 0.0, "machine": machine_line()}
     start = 0
     if resume and (loaded := _load_checkpoint(ckpt, both, opt, cfg)) is not None:
         start, history = loaded
@@ -289,14 +297,15 @@ def pretrain(work_dir: str | Path, cfg: PretrainConfig, device: str | torch.devi
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout draws from the global generator: per step, to resume
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         phrases = step_phrases(np.random.default_rng([cfg.seed, 8, step]), names)
-        clip_loss, phrase_loss = pair_losses(model, head, tokenizer, augment_images(images, gen), texts, named,
-                                             phrases, loss_fn, device)
-        loss = clip_loss + cfg.phrase_weight * phrase_loss
+        clip_loss, phrase_loss, tag_loss = pair_losses(model, head, tokenizer, augment_images(images, gen), texts,
+                                                       named, phrases, loss_fn, device)
+        loss = clip_loss + cfg.phrase_weight * phrase_loss + cfg.tag_weight * tag_loss
         clip_update(model, opt, loss, cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.steps))
-        for key, value in (("loss", loss), ("clip_loss", clip_loss), ("phrase_loss", phrase_loss)):
+        for key, value in (("loss", loss), ("clip_loss", clip_loss), ("phrase_loss", phrase_loss),
+                           ("tag_loss", tag_loss)):
             history[key].append(round(value.item(), 4))
         bar.set_postfix(clip=f"{history['clip_loss'][-1]:.3f}", phrase=f"{history['phrase_loss'][-1]:.3f}",
-                        refresh=False)
+                        tags=f"{history['tag_loss'][-1]:.3f}", refresh=False)
         done = step + 1
         if probe is not None and (done % cfg.eval_every == 0 or done == end):
             history["checks"].append({"step": done, **probe(model)})

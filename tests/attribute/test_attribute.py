@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from attribution_helpers import config_defaults, make_tiny_run, tiny_models, tiny_patterns
@@ -17,6 +18,7 @@ from lanic_nb.attribute.core import (
     patterns_for_mass,
     summary_table,
 )
+from lanic_nb.attribute.evidence import evidence_shares
 from lanic_nb.attribute.faithfulness import deletion_test, insertion_curves
 from lanic_nb.attribute.plots import plot_insertion
 from lanic_nb.attribute.shortcut import shortcut_check, top_pattern_hits
@@ -32,9 +34,10 @@ from lanic_nb.phantom.generate import make_phantom_dataset
 from lanic_nb.rundir import RunDir, load_metrics
 
 METRIC_KEYS = {"n_images", "n_patterns", "identity_max_error", "patterns_for_90", "deletion_k", "deletion_ratio",
-               "deletion_ratio_min", "shortcut", "shortcut_share"}
+               "deletion_ratio_min", "shortcut", "shortcut_share", "shortcut_named", "shortcut_category_correct",
+               "evidence"}
 ARTIFACTS = ("contributions.parquet", "summary.parquet", "patterns_for_90.parquet", "patterns_for_90.png",
-             "deletion.parquet", "insertion.parquet", "insertion.png")
+             "deletion.parquet", "insertion.parquet", "insertion.png", "evidence.parquet")
 
 
 @pytest.mark.parametrize("activation", ["topk", "relu"])
@@ -176,6 +179,43 @@ def test_shortcut_check_on_a_phantom(tmp_path):
     assert res["pattern"] == 7 and res["pattern_auroc"] > 0.95 and res["finding"] == cfg.shortcut_finding
     assert res["n_positive_with_concept"] > 0 and res["share_with_concept"] == 1.0
     assert res["n_positive"] == int(truth[FINDING_TO_CONCEPT[cfg.shortcut_finding]].sum())
+    assert "shortcut_named" not in res  # no pattern table, no naming check
+    # named by a synonym of the planted concept, in its category: named; by the finding it props up: not
+    table = pd.DataFrame({"pattern_id": range(n_pat), "concept_1": ["pleural effusion"] * n_pat,
+                          "category": ["pleural"] * n_pat})
+    table.loc[7, ["concept_1", "category"]] = ["portable marker", "artifact"]
+    named = shortcut_check(tmp_path, attr, ids, top=5, patterns=table)
+    assert named["shortcut_named"] and named["category_correct"] and named["pattern_name"] == "portable marker"
+    table.loc[7, ["concept_1", "category"]] = ["bilateral pleural effusions", "pleural"]
+    wrong = shortcut_check(tmp_path, attr, ids, top=5, patterns=table)
+    assert not wrong["shortcut_named"] and not wrong["category_correct"] and wrong["true_category"] == "artifact"
+
+
+def test_evidence_shares_split_positive_evidence_by_the_patterns_names():
+    """Two findings, three patterns: a device pattern, the finding's own, another. Shares follow the
+    positive contributions on the images called positive, and sum to one."""
+    n = 6
+    contrib = torch.zeros(n, 3, 5, dtype=torch.float64)
+    contrib[:, 0, 4] = 3.0  # device pattern -> Pleural Effusion
+    contrib[:, 1, 4] = 1.0  # "effusion" (a synonym of pleural effusion) -> Pleural Effusion
+    contrib[:, 2, 4] = -2.0  # evidence against: not counted
+    contrib[:, 1, 1] = 2.0  # the effusion pattern also pushes Cardiomegaly
+    logits = contrib.sum(1)
+    logits[:3, 4] = -5.0  # only images 3..5 are called positive for effusion
+    z = torch.zeros(n, 5, dtype=torch.float64)
+    attr = Attribution(contrib, z, torch.zeros(5, dtype=torch.float64), z, logits, torch.zeros(n, 3))
+    table = pd.DataFrame({"pattern_id": [0, 1, 2], "concept_1": ["endotracheal tube", "effusion", "nodule"],
+                          "category": ["device", "pleural", "pulmonary"]})
+    ev = evidence_shares(attr, table).set_index("finding")
+    eff = ev.loc["Pleural Effusion"]
+    assert eff["n_images"] == 3 and eff["n_own_patterns"] == 1
+    assert eff["confounder_share"] == pytest.approx(0.75) and eff["own_share"] == pytest.approx(0.25)
+    assert eff["other_share"] == pytest.approx(0.0) and eff["top_confounder"] == "pattern 0 (endotracheal tube)"
+    cardio = ev.loc["Cardiomegaly"]
+    assert cardio["confounder_share"] == 0 and cardio["own_share"] == 0 and cardio["other_share"] == 1
+    assert np.isnan(ev.loc["Edema", "confounder_share"])  # no image called positive: no share
+    with pytest.raises(ValueError, match="pattern table"):
+        evidence_shares(attr, table.iloc[:2])
 
 
 def test_the_shortcut_is_read_from_the_runs_data(tmp_path):

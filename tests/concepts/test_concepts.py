@@ -257,3 +257,24 @@ def test_concept_space_extends_the_vocabulary_and_scores_every_image(monkeypatch
         want = F.normalize(encoder.encode_texts([f"A chest x-ray image of a {n}" for n in names]).sum(0), dim=0)
         assert torch.allclose(got, want, atol=1e-5), (known, names)
     assert len(prompt_names(space.vocab)[i]) > len(prompt_names(space.vocab, manifest["report"].fillna(""))[i])
+
+
+def test_contrast_names_the_detected_concept_not_its_companion():
+    """A unit fires on concept A, which co-occurs with B (a portable marker with tubes). The text side sees B
+    more clearly than A, so plain MAMMI scoring names B; comparing the unit's images with silent look-alikes
+    (which share B) names A."""
+    rng = np.random.default_rng(0)
+    n = 600
+    b = rng.random(n) < 0.5
+    a = np.where(b, rng.random(n) < 0.8, rng.random(n) < 0.05)
+    emb = np.column_stack([a, b, rng.normal(0, 0.3, (n, 6))]).astype(np.float32)
+    vocab = pd.DataFrame({"concept": ["a", "b", "c"], "category": ["device", "artifact", "pulmonary"],
+                          "synonyms": [[], [], []]})
+    sim = np.column_stack([0.2 * a + rng.normal(0, 0.3, n), b + rng.normal(0, 0.05, n), rng.normal(0, 1, n)])
+    act = (a * (1 + rng.random(n)))[:, None].astype(np.float32)
+    plain = annotate_units(act, sim, vocab, AnnotationConfig(max_images=400))
+    contrast = annotate_units(act, sim, vocab, AnnotationConfig(max_images=400, contrast_neighbors=5), embeddings=emb)
+    assert plain.loc[0, "concept_1"] == "b"
+    assert contrast.loc[0, "concept_1"] == "a" and contrast.loc[0, "category"] == "device"
+    with pytest.raises(ValueError, match="embeddings"):
+        annotate_units(act, sim, vocab, AnnotationConfig(contrast_neighbors=5))
