@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: demo test venv system lint bench clean-notebooks
+.PHONY: demo test venv system lint bench clean-notebooks phantom-encoder
 
 venv: $(STAMP)
 
@@ -47,8 +47,21 @@ test: $(STAMP) system
 lint: $(STAMP)
 	$(PY) -m ruff check lanic_nb tests bench
 
-bench: $(STAMP)
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+# bench/peers.py times the libraries people would use instead (the `bench` extra: sparsify, overcomplete, SAELens),
+# installed beside the pinned torch; the library and the tests never import them.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -e ".[bench]" "torch==2.14.1" "torchvision==0.29.1"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) -c "from lanic_nb.device import machine_line; print(machine_line())"
+	for b in bench/*.py; do case $$b in bench/scale*) continue;; esac; $(PY) $$b || exit 1; done
+
+# The shipped phantom encoder's recipe, resumable: rerun to continue after an interruption (hours on 2 CPU cores,
+# minutes on a GPU). Writes lanic_nb/resources/phantom_encoder/ (weights, tokenizer, card.json, fingerprint).
+phantom-encoder: $(STAMP)
+	$(PY) -m lanic_nb.phantom.encoder --work runs/phantom_encoder --out lanic_nb/resources/phantom_encoder
 
 clean-notebooks: $(STAMP)
 	$(PY) -m lanic_nb.run_notebooks --strip notebooks/*.ipynb

@@ -1,14 +1,13 @@
-"""Custom autograd for the transcoder ensemble: JumpReLU and step with straight-through pseudo-derivatives,
-and the sparse TopK decode and pre-activation gather that compute only the k chosen latents of each row.
+"""Custom autograd for the transcoder ensemble: JumpReLU and step with straight-through pseudo-derivatives, and
+the helpers of the aux-k loss. The sparse TopK step's own functions live in ``lanic_nb.transcoder.sparse``.
 
-Each is checked against the dense formulation in tests/transcoder/."""
+Each is checked against the dense formulation in tests/."""
 
 from __future__ import annotations
 
 import logging
 
 import torch
-import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
@@ -79,66 +78,3 @@ def _dead_topk(pre: torch.Tensor, dead: torch.Tensor, k: int) -> tuple[torch.Ten
     cand = pre.gather(-1, cols).masked_fill(~ok, -torch.inf)  # (n_members, batch, m)
     top = cand.topk(k, dim=-1, sorted=False).indices
     return cols.gather(-1, top), ok.gather(-1, top)
-
-
-class _SparseDecode(torch.autograd.Function):
-    """h = sum_j vals[..., j] * W_dec[member, idx[..., j]] without a dense (n_members, batch, d_dict) product.
-
-    Forward: ``F.embedding_bag`` (mode "sum", per-sample weights) gathers the k decoder rows per sample.
-    Backward: the k value gradients are k dot products (embedding_bag's own per-sample-weight gradient);
-    the decoder gradient is one product of the scattered codes with the output gradient (on CPU a dense
-    product beats scatter-adding b x k rows, which needs a global sort of the indices).
-    """
-
-    @staticmethod
-    def forward(ctx, idx, vals, w_dec):  # (n, batch, k), (n, batch, k), (n, d_dict, d_out)
-        ctx.save_for_backward(idx, vals, w_dec)
-        n, b, k = idx.shape
-        d_dict, d_out = w_dec.shape[1:]
-        out = F.embedding_bag(_flat_latents(idx, d_dict), w_dec.reshape(n * d_dict, d_out),
-                              per_sample_weights=vals.reshape(n * b, k), mode="sum")
-        return out.view(n, b, d_out)
-
-    @staticmethod
-    def backward(ctx, g):  # g (n, batch, d_out)
-        idx, vals, w_dec = ctx.saved_tensors
-        n, b, k = idx.shape
-        d_dict, d_out = w_dec.shape[1:]
-        g_vals = g_w = None
-        if ctx.needs_input_grad[1]:
-            with torch.enable_grad():
-                p = vals.detach().reshape(n * b, k).requires_grad_()
-                out = F.embedding_bag(_flat_latents(idx, d_dict), w_dec.reshape(n * d_dict, d_out),
-                                      per_sample_weights=p, mode="sum")
-                (g_vals,) = torch.autograd.grad(out, p, g.reshape(n * b, d_out))
-            g_vals = g_vals.view(n, b, k)
-        if ctx.needs_input_grad[2]:
-            z = vals.new_zeros(n, b, d_dict).scatter_add_(-1, idx, vals)
-            g_w = torch.bmm(z.transpose(1, 2), g)  # (n, d_dict, d_out)
-        return None, g_vals, g_w
-
-
-class _GatherPre(torch.autograd.Function):
-    """The encoder's pre-activations at chosen latents, pre[m, i, idx[m, i, j]], with a lean backward.
-
-    ``pre`` was computed without a graph (one dense product, needed to choose the latents); its values at idx
-    are W_enc[m, idx] . (x - b_pre)[m, i] + b_enc[m, idx]. The backward scatters the k gradients per sample
-    into a (n, batch, d_dict) matrix G once and needs one product for W_enc (G^T (x - b_pre)); b_enc and
-    b_pre get column sums, and x (only if it asks) one more product.
-    """
-
-    @staticmethod
-    def forward(ctx, pre, idx, x, w_enc, b_enc, b_pre):
-        ctx.save_for_backward(idx, x, w_enc, b_pre)
-        return pre.gather(-1, idx)
-
-    @staticmethod
-    def backward(ctx, g):  # g (n, batch, k)
-        idx, x, w_enc, b_pre = ctx.saved_tensors
-        n, b, _ = idx.shape
-        G = g.new_zeros(n, b, w_enc.shape[1]).scatter_add_(-1, idx, g)  # (n, batch, d_dict)
-        g_b = G.sum(1)  # (n, d_dict)
-        g_w = torch.bmm(G.transpose(1, 2), x - b_pre.unsqueeze(1)) if ctx.needs_input_grad[3] else None
-        g_pre_bias = -torch.bmm(g_b.unsqueeze(1), w_enc).squeeze(1) if ctx.needs_input_grad[5] else None
-        g_x = torch.bmm(G, w_enc) if ctx.needs_input_grad[2] else None
-        return None, None, g_x, g_w, g_b, g_pre_bias

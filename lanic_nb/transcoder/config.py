@@ -68,10 +68,16 @@ class TranscoderConfig:
     """Per-member dictionary sizes (<= d_dict); latents beyond a member's size are masked off."""
     normalize_decoder: bool = True
     """Keep decoder rows at unit norm (renormalized after every step)."""
+    tied_init: bool = True
+    """Top-k SAEs (d_in == d_out, "topk" / "batchtopk") start with each member's encoder equal to its decoder (both
+    latent-major), so the first codes pick the directions along each input, and the data-based init fits the
+    encoder's scale by least squares (Gao et al. 2024 tie the init too; bench/peers.py: FVU 0.69 instead of 0.84
+    after 400 demo-shaped steps). Transcoders (d_in != d_out) and ReLU / JumpReLU SAEs keep a random encoder."""
     sparse_topk: bool = True
-    """"topk" only: after the dense encoder product, touch just the k chosen latents per row (decode, both
-    decoder gradients, the encoder gradient and the aux-k loss), as gathers and scatter-adds, instead of
-    dense products over all d_dict latents. Same math, about d_dict / k less work outside the encoder."""
+    """"topk" only: after the dense encoder product, touch just the k chosen latents per row: the decode, every
+    gradient and the aux-k loss, through one sort of the choices by latent (``lanic_nb.transcoder.sparse``),
+    instead of products over all d_dict latents. Same math (tested), about d_dict / k less work after the
+    encoder; False keeps the dense formulation, the reference the tests compare against."""
     checkpoint_every: int = 500
     """Steps between checkpoints when a checkpoint folder is given."""
     member_seeds: list[int] = field(init=False, repr=False)

@@ -20,9 +20,9 @@ updates each member exactly as if it were trained alone: member i equals a singl
 seed i on the same data (tests/test_transcoder.py checks this).
 
 With TopK only k of the d_dict latents are nonzero per row, so by default (``sparse_topk``) the step does just
-one dense product forward (the encoder, which must see every latent to choose k) and computes the decode, the
-value gradients and the aux-k loss as gathers over the chosen latents; weight gradients are one product each
-with the scattered codes. Same values and gradients as the dense formulation (tested), fewer products.
+one dense product (the encoder's forward, which must see every latent to choose k); the decode, the aux-k loss
+and every gradient work on the chosen latents only, the weight gradients as per-latent sums over the rows that
+chose them (``lanic_nb.transcoder.sparse``). Same values and gradients as the dense formulation (tested).
 
 Activations are one switch: "topk" (k largest pre-activations, then ReLU, Gao et al. 2024:
 exactly k nonzeros whenever the k-th pre-activation is positive), "batchtopk" (the k x batch
@@ -42,18 +42,17 @@ import torch
 from torch import nn
 
 from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
-from lanic_nb.transcoder.autograd import (
-    _aux_error,
-    _dead_topk,
-    _GatherPre,
-    _JumpReLU,
-    _SparseDecode,
-    _Step,
-)
+from lanic_nb.transcoder.autograd import _aux_error, _dead_topk, _JumpReLU, _Step
 from lanic_nb.transcoder.config import W_ENC_LAYOUT, TranscoderConfig, TranscoderOutput
+from lanic_nb.transcoder.sparse import _GatherPre, _SparseDecode, choose
 
 log = logging.getLogger(__name__)
 
+
+
+def _tied(cfg: TranscoderConfig) -> bool:
+    """Whether members start with W_enc = W_dec (``TranscoderConfig.tied_init``)."""
+    return cfg.tied_init and cfg.d_in == cfg.d_out and cfg.activation in ("topk", "batchtopk")
 
 
 def _member_init(cfg: TranscoderConfig, seed: int) -> dict[str, torch.Tensor]:
@@ -61,6 +60,8 @@ def _member_init(cfg: TranscoderConfig, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     w_dec = torch.randn(cfg.d_dict, cfg.d_out, generator=g)
     w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
+    if _tied(cfg):
+        return {"W_enc": w_dec.clone(), "W_dec": w_dec}
     w_enc = torch.randn(cfg.d_in, cfg.d_dict, generator=g) / math.sqrt(cfg.d_in)
     return {"W_enc": w_enc.T.contiguous(), "W_dec": w_dec}
 
@@ -96,7 +97,11 @@ class TranscoderEnsemble(nn.Module):
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         x = self._x3(x)  # (n_members, batch, d_in)
-        pre = torch.baddbmm(self.b_enc.unsqueeze(1), x - self.b_pre.unsqueeze(1), self.W_enc.transpose(1, 2))
+        return self._masked(torch.baddbmm(self.b_enc.unsqueeze(1), x - self.b_pre.unsqueeze(1),
+                                          self.W_enc.transpose(1, 2)))
+
+    def _masked(self, pre: torch.Tensor) -> torch.Tensor:
+        """Latents beyond a member's dict size can never fire  # (n_members, batch, d_dict)."""
         if self.cfg.dict_sizes is None:  # nothing masked: skip a pass over (n_members, batch, d_dict)
             return pre
         return pre.masked_fill(~self.latent_mask.unsqueeze(1), -torch.inf if self._is_topk else 0.0)
@@ -175,40 +180,45 @@ class TranscoderEnsemble(nn.Module):
 
     def _losses(self, h_hat: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per member: squared error per sample, variance of h per sample, FVU  # each (n_members,)."""
-        err = (h_hat - h).pow(2).sum(-1).mean(-1)
-        var = (h - h.mean(1, keepdim=True)).pow(2).sum(-1).mean(-1).clamp_min(1e-12)
+        err = (h_hat - h).square().sum((1, 2)) / h.shape[1]
+        var = h.var(1, correction=0).sum(-1).clamp_min(1e-12)  # fewer passes than centring by hand
         return err, var, err / var
 
     def _forward_sparse(self, x: torch.Tensor, h: torch.Tensor | None) -> TranscoderOutput:
-        """TopK through gathers (``sparse_topk``): the same values and gradients as the dense path. The
-        encoder's forward product stays dense (it chooses the latents); the main and the aux-k latents share
-        one gather, so one product gives W_enc's gradient for both."""
+        """TopK through the chosen latents only (``sparse_topk``): the same values and gradients as the dense
+        path. The encoder's forward product stays dense (it chooses the latents); everything after it, backward
+        included, works on the k (plus aux-k) choices per row, sorted by latent once (``sparse.choose``)."""
         cfg = self.cfg
         x3 = self._x3(x)  # (n_members, batch, d_in)
+        backward = torch.is_grad_enabled()
         with torch.no_grad():
-            pre = self.pre_activations(x3)  # (n_members, batch, d_dict), no graph: its backward would be dense
+            xc = x3 - self.b_pre.unsqueeze(1)  # (n_members, batch, d_in), kept for W_enc's gradient
+            pre = self._masked(torch.baddbmm(self.b_enc.unsqueeze(1), xc, self.W_enc.transpose(1, 2)))
             idx = pre.topk(cfg.k, dim=-1, sorted=False).indices  # (n_members, batch, k)
             aux_on = self.training and h is not None and cfg.aux_coeff > 0
             dead = (self.steps_since_fired >= cfg.dead_steps) & self.latent_mask  # (n_members, d_dict)
             aux_on = aux_on and bool(dead.any())
             if aux_on:
                 idx_aux, aux_ok = _dead_topk(pre, dead, cfg.aux_k)
-                idx = torch.cat([idx, idx_aux], dim=-1)
-        both = _GatherPre.apply(pre, idx, x3, self.W_enc, self.b_enc, self.b_pre)
+                idx = torch.cat([idx, idx_aux], dim=-1)  # (n_members, batch, k + aux_k')
+            ch = choose(idx, cfg.d_dict, cfg.k, backward)
+        both = _GatherPre.apply(pre, ch, xc, x3, self.W_enc, self.b_enc, self.b_pre)
         vals = both[..., : cfg.k].relu()  # (n_members, batch, k)
-        h_hat = _SparseDecode.apply(idx[..., : cfg.k], vals, self.W_dec) + self.b_dec.unsqueeze(1)
-        codes = torch.zeros_like(pre).scatter_(-1, idx[..., : cfg.k], vals.detach())  # for callers; no graph
+        v = vals
+        if aux_on:  # padding choices (members with fewer dead latents) count as zero
+            v = torch.cat([vals, torch.where(aux_ok, both[..., cfg.k :], 0.0).relu()], dim=-1)
+        h_part, e_hat = _SparseDecode.apply(v, self.W_dec, ch)
+        h_hat = h_part + self.b_dec.unsqueeze(1)
+        # Codes for callers, written over pre (no longer needed: its choices are gathered), saving a fresh
+        # (n_members, batch, d_dict) allocation every step.
+        codes = pre.zero_().scatter_(-1, idx[..., : cfg.k], vals.detach())
         zero = h_hat.new_zeros(cfg.n_members)
         l1 = vals.sum(-1).mean(-1)
         if h is None:
             return TranscoderOutput(h_hat, codes, zero.sum(), zero, zero, l1, zero)
         h = self._x3(h)
         err, var, fvu = self._losses(h_hat, h)
-        aux = zero
-        if aux_on:
-            v_aux = torch.where(aux_ok, both[..., cfg.k :], torch.zeros_like(both[..., cfg.k :])).relu()
-            e_hat = _SparseDecode.apply(idx[..., cfg.k :], v_aux, self.W_dec)
-            aux = _aux_error(e_hat, h - h_hat.detach(), dead, var)
+        aux = _aux_error(e_hat, h - h_hat.detach(), dead, var) if aux_on else zero
         loss = (fvu + cfg.aux_coeff * aux).sum()  # summed over members, as in the dense path
         return TranscoderOutput(h_hat, codes, loss, err / cfg.d_out, aux, l1, fvu)
 
@@ -234,17 +244,23 @@ class TranscoderEnsemble(nn.Module):
 
     @torch.no_grad()
     def init_encoder_scale(self, x: torch.Tensor, h: torch.Tensor) -> None:
-        """Data-based init: scale each member's encoder so its first predictions carry the energy of h.
+        """Data-based init: scale each member's encoder so its first predictions fit h.
 
-        Embeddings are small (unit norm) while h may not be; without this the encoder must first grow
-        by orders of magnitude, and top-k latents that lose that race die. Codes of top-k and ReLU are
-        linear in the encoder's scale (with b_enc = 0), so one factor per member sets it.
+        Codes of top-k and ReLU are linear in the encoder's scale (with b_enc = 0), so one factor per member
+        sets it. A tied encoder (``tied_init``) already predicts along h: the factor is the least-squares fit.
+        A random one predicts noise, whose best fit is nearly zero: there the factor makes the predictions carry
+        the energy of h instead, since embeddings are small (unit norm) while h may not be, and top-k latents of
+        an encoder that must first grow by orders of magnitude die in that race.
         x (n_members, n, d_in), h (n_members, n, d_out): each member's own rows.
         """
-        z = self.encode(x)
-        got = torch.bmm(z, self.W_dec).pow(2).sum(-1).mean(-1)  # (n_members,)
-        want = (h - self.b_dec.unsqueeze(1)).pow(2).sum(-1).mean(-1)
-        self.W_enc.mul_((want / got.clamp_min(1e-12)).sqrt()[:, None, None])  # codes are linear in W_enc
+        pred = torch.bmm(self.encode(x), self.W_dec)  # (n_members, n, d_out)
+        want = h - self.b_dec.unsqueeze(1)
+        got = pred.pow(2).sum((1, 2)).clamp_min(1e-12)  # (n_members,)
+        scale = (want.pow(2).sum((1, 2)) / got).sqrt()
+        if _tied(self.cfg):
+            fit = (pred * want).sum((1, 2)) / got
+            scale = torch.where(fit > 0, fit, scale)
+        self.W_enc.mul_(scale[:, None, None])  # codes are linear in W_enc
 
     @torch.no_grad()
     def normalize_decoder_(self) -> None:

@@ -60,7 +60,8 @@ def _load_checkpoint(folder: Path, model: TranscoderEnsemble, opt: torch.optim.O
     if not meta_path.exists():
         return None
     meta = read_json(meta_path)
-    saved = {k: v for k, v in meta["config"].items() if k != "steps"}
+    # Through from_dict, so a checkpoint written before a config field existed reads it at its default.
+    saved = {k: v for k, v in TranscoderConfig.from_dict(meta["config"]).to_dict().items() if k != "steps"}
     ours = {k: v for k, v in model.cfg.to_dict().items() if k != "steps"}
     if saved != ours:
         log.warning("checkpoint in %s has a different config; starting afresh", folder)
@@ -94,7 +95,7 @@ def train_step(model: TranscoderEnsemble, opt: torch.optim.Optimizer, x: torch.T
     out.loss.backward()
     opt.step()
     with torch.no_grad():
-        fired = (out.codes > 0).any(dim=1)  # (n_members, d_dict)
+        fired = out.codes.amax(dim=1) > 0  # (n_members, d_dict); codes are never negative
         model.steps_since_fired.add_(1).masked_fill_(fired, 0)
         if model.cfg.normalize_decoder:
             model.normalize_decoder_()

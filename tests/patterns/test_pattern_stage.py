@@ -30,8 +30,8 @@ METRIC_KEYS = {
 TRUTH_KEYS = {
     f"{k}{s}" for s in ("", "_single_transcoder", "_embedding_dims")
     for k in ("recovery", "category_accuracy", "concept_accuracy", "category_accuracy_best", "category_agreement",
-              "mean_best_auroc")
-} | {"probe_ceiling_embedding", "probe_ceiling_hidden"}
+              "mean_best_auroc", "n_monosemantic")
+} | {"probe_ceiling_embedding", "probe_ceiling_hidden", "recovery_of_hidden_ceiling"}
 
 
 def test_config_fields_are_the_notebook_parameters_with_its_defaults():
