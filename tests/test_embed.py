@@ -114,12 +114,14 @@ def test_notebook_01_small(small_run):
     assert 0.0 <= m["recall@10"] <= 1.0 and 0 < m["recall@10_chance"] <= 1.0
     assert set(m["zeroshot_auroc"]) == set(FINDINGS)
     assert all(v is None or 0.0 <= v <= 1.0 for v in m["zeroshot_auroc"].values())
-    assert m["clip_steps"] == 12 and np.isfinite(m["clip_final_loss"])
+    # Small mode embeds with the shipped phantom encoder, as the demo does: no CLIP is trained.
+    assert "clip_steps" not in m and 0 <= m["encoder_load_seconds"] < 60
+    assert m["encoder"].endswith("resources/phantom_encoder")
     store = EmbeddingStore.open(RunDir(run).embed)
     assert store.complete and store.image.shape == (m["n_images"], m["embed_dim"])
     scores = __import__("pandas").read_parquet(RunDir(run).clip / "zeroshot_scores.parquet")
     assert len(scores) == m["n_images"] and scores[list(FINDINGS)].stack().between(0, 1).all()
-    assert (RunDir(run).clip / "open_clip_model.safetensors").exists()
+    assert not (RunDir(run).clip / "open_clip_model.safetensors").exists()
 
 
 def test_retrained_encoder_under_the_same_name_rebuilds(tmp_path):

@@ -74,7 +74,7 @@ def test_params_file_overrides_small_mode(tmp_path):
     extra = tmp_path / "p.yaml"
     extra.write_text("all:\n  device: cuda\n01_embed:\n  clip_steps: 3\n")
     p = notebook_parameters("01_embed", tmp_path, "small", extra)
-    assert p["device"] == "cuda" and p["clip_steps"] == 3 and p["clip_batch_size"] == 16
+    assert p["device"] == "cuda" and p["clip_steps"] == 3 and p["batch_size"] == 64
     assert p["run_dir"] == str(tmp_path.resolve())
     bad = tmp_path / "bad.yaml"
     bad.write_text("01_embd:\n  clip_steps: 3\n")

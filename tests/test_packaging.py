@@ -53,6 +53,8 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_ships_notebooks_params_and_vocabulary(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("lanic_nb/notebooks/00_data.ipynb", "lanic_nb/notebooks/09_pathology.ipynb",
+                   "lanic_nb/notebooks/10_explain.ipynb", "lanic_nb/resources/phantom_encoder/open_clip_model.safetensors",
+                   "lanic_nb/resources/phantom_encoder/card.json", "lanic_nb/resources/phantom_encoder/fingerprint.safetensors",
                    "lanic_nb/notebooks/params/small.yaml", "lanic_nb/resources/concepts.csv",
                    "lanic_nb/run_notebooks.py", "lanic_nb/patterns/stage.py"):
         assert needed in names, f"{needed} is not in the wheel"
@@ -85,7 +87,7 @@ def test_installed_wheel_runs_the_small_pipeline_elsewhere(wheel, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = elsewhere / "run"
     executed = sorted(p.stem for p in (run / "notebooks").glob("*.ipynb"))
-    assert executed[0] == "00_data" and executed[-1] == "09_pathology" and len(executed) == 10
+    assert executed[0] == "00_data" and executed[-1] == "10_explain" and len(executed) == 11
     for artifact in ("data/manifest.parquet", "patterns/patterns.parquet", "gallery.html", "metrics/run.json"):
         assert (run / artifact).exists(), artifact
     assert not (REPO / "runs" / "run").exists()
