@@ -78,6 +78,13 @@ class TranscoderConfig:
     gradient and the aux-k loss, through one sort of the choices by latent (``lanic_nb.transcoder.sparse``),
     instead of products over all d_dict latents. Same math (tested), about d_dict / k less work after the
     encoder; False keeps the dense formulation, the reference the tests compare against."""
+    input_weight: float = 0.0
+    """Training only: the loss also asks the decoder to reconstruct the input x (rescaled to the total variance of
+    the target), with this weight beside the target's FVU. A transcoder's loss alone spends its latents on the few
+    directions that carry h's variance (a classifier's hidden layer mostly encodes its findings), so concepts that
+    h carries in low-variance directions get no latent of their own; reconstructing x too makes the latents
+    features of the input that also explain h. ``train_ensemble`` keeps only the target part of the decoder, so
+    the result is an ordinary transcoder x -> h and every decomposition stays exact. 0 = the plain transcoder."""
     checkpoint_every: int = 500
     """Steps between checkpoints when a checkpoint folder is given."""
     member_seeds: list[int] = field(init=False, repr=False)
@@ -95,7 +102,7 @@ class TranscoderConfig:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.k > self.d_dict:
             raise ValueError(f"k must be <= d_dict={self.d_dict}, got {self.k}")
-        for name in ("l1_coeff", "aux_coeff", "lr", "weight_decay", "warmup_steps"):
+        for name in ("l1_coeff", "aux_coeff", "lr", "weight_decay", "warmup_steps", "input_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr == 0:

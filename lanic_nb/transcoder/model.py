@@ -266,6 +266,21 @@ class TranscoderEnsemble(nn.Module):
     def normalize_decoder_(self) -> None:
         self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
 
+    @torch.no_grad()
+    def keep_outputs(self, cfg: TranscoderConfig) -> TranscoderEnsemble:
+        """A copy whose decoder keeps only the first ``cfg.d_out`` output columns (an ensemble trained on a
+        widened target, ``TranscoderConfig.input_weight``, back to its transcoder x -> h). Its h_hat equals the
+        first columns of this one's, exactly; cfg must match this one but for d_out."""
+        if cfg.d_out > self.cfg.d_out or {**cfg.to_dict(), "d_out": 0} != {**self.cfg.to_dict(), "d_out": 0}:
+            raise ValueError("keep_outputs needs this ensemble's config with a smaller d_out")
+        kept = TranscoderEnsemble(cfg).to(self.W_dec.device)
+        state = self.state_dict()
+        state["W_dec"] = state["W_dec"][..., : cfg.d_out].clone()
+        state["b_dec"] = state["b_dec"][..., : cfg.d_out].clone()
+        kept.load_state_dict(state)
+        kept._steps_done = getattr(self, "_steps_done", 0)
+        return kept.train(self.training)
+
     def save(self, folder: str | Path) -> Path:
         """``folder/ensemble.safetensors`` (parameters and buffers) + ``folder/config.json``."""
         folder = Path(folder)

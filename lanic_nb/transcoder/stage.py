@@ -48,6 +48,10 @@ class TranscodersConfig:
     lr: float = 2e-3
     bootstrap: bool = False
     """Each member on its own bootstrap resample of the training images."""
+    input_weight: float = 1.0
+    """Train each member to reconstruct the embedding too, at this weight beside h (``TranscoderConfig.input_weight``);
+    the saved ensemble is the x -> h transcoder. On the demo it gives planted concepts that h carries in
+    low-variance directions (devices, artifacts) latents of their own. 0 = a plain transcoder."""
     seed: int = 0
     checkpoint_every: int = 200
 

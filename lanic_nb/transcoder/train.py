@@ -6,6 +6,7 @@ trained with seed i."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,13 @@ def train_step(model: TranscoderEnsemble, opt: torch.optim.Optimizer, x: torch.T
     return out
 
 
+def widened_target(cfg: TranscoderConfig, X: torch.Tensor, H: torch.Tensor) -> tuple[TranscoderConfig, torch.Tensor]:
+    """The training config and target of ``input_weight``: [H, X * s * input_weight], s = sqrt(total variance of H
+    / total variance of X), so at weight 1 both parts weigh alike in the loss; the FVU it reports is of both."""
+    s = (H.var(0).sum() / X.var(0).sum().clamp_min(1e-12)).sqrt()
+    return replace(cfg, d_out=cfg.d_out + cfg.d_in), torch.cat([H, X * (s * cfg.input_weight)], dim=1)
+
+
 def train_ensemble(
     cfg: TranscoderConfig, X: torch.Tensor | np.ndarray, H: torch.Tensor | np.ndarray, device="cpu",
     checkpoint_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
@@ -119,6 +127,16 @@ def train_ensemble(
     if X.shape[1] != cfg.d_in or H.shape[1] != cfg.d_out or len(X) != len(H):
         raise ValueError(f"X must be (n, d_in={cfg.d_in}) and H (n, d_out={cfg.d_out}); got {tuple(X.shape)}, "
                          f"{tuple(H.shape)}")
+    if cfg.input_weight > 0:  # train on [h, x * scale] and keep the h part (TranscoderConfig.input_weight)
+        wide, H = widened_target(cfg, X, H)
+        model, log_df = _fit(wide, X, H, device, checkpoint_dir, resume, progress)
+        return model.keep_outputs(cfg), log_df
+    return _fit(cfg, X, H, device, checkpoint_dir, resume, progress)
+
+
+def _fit(cfg: TranscoderConfig, X: torch.Tensor, H: torch.Tensor, device: torch.device,
+         checkpoint_dir: str | Path | None, resume: bool, progress: bool) -> tuple[TranscoderEnsemble, pd.DataFrame]:
+    """train_ensemble's loop, on validated tensors whose H has cfg.d_out columns."""
     model = TranscoderEnsemble(cfg).to(device)
     sampler = _MemberSampler(len(X), cfg)
     model.init_biases(_subset_means(X, sampler.rows, cfg.bootstrap), _subset_means(H, sampler.rows, cfg.bootstrap))

@@ -123,7 +123,9 @@ def test_run_patterns_metrics_match_its_tables(pattern_run, patterns_result):
     assert by["probe_classifier_hidden"].ge(0.95).mean() == pytest.approx(m["probe_ceiling_hidden"])
     # Collimation (bright unexposed borders) is the phantom's coarsest concept: even the tiny test CLIP carries it.
     assert by.loc["collimation", "probe_embedding"] > 0.95 and by.loc["collimation", "in_reach"]
-    assert np.allclose(recovery_table(r.by_concept)["probe_embedding"], sorted(by["probe_embedding"], reverse=True))
+    # Best-carried first; a concept too rare in the small test split to probe (NaN) goes last.
+    assert np.allclose(recovery_table(r.by_concept)["probe_embedding"],
+                       by["probe_embedding"].sort_values(ascending=False), equal_nan=True)
     top = best_detectors(r.per_unit, r.table, n=5)
     assert len(top) == 5 and top["best_auroc"].is_monotonic_decreasing
     assert top["best_auroc"].iloc[0] == pytest.approx(best.max())
