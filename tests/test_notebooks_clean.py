@@ -80,3 +80,17 @@ def test_params_file_overrides_small_mode(tmp_path):
     bad.write_text("01_embd:\n  clip_steps: 3\n")
     with pytest.raises(ValueError, match="01_embd"):
         notebook_parameters("01_embed", tmp_path, "demo", bad)
+
+
+@pytest.mark.parametrize("path", list_notebooks(), ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter(path: Path):
+    """papermill's own parser sees every name the parameters cell assigns (a help comment it cannot parse, e.g.
+    one holding '=', hides the parameter from `papermill --help-notebook` and logs a warning on every run)."""
+    import ast
+
+    from papermill.translators import PythonTranslator
+
+    nb = nbformat.read(path, as_version=4)
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assigned = [t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets]
+    assert [p.name for p in PythonTranslator.inspect(cell)] == assigned

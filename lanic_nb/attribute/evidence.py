@@ -21,12 +21,25 @@ CONFOUNDER_CATEGORIES = ("device", "artifact")
 
 
 def own_concept_patterns(table: pd.DataFrame, finding: str, vocab: pd.DataFrame | None = None) -> np.ndarray:
-    """(n_patterns,) bool: the pattern's first concept names ``finding`` (its vocabulary entry or a synonym)."""
+    """(n_patterns,) bool: the pattern's first concept names ``finding``: its vocabulary entry or a synonym, or a
+    narrower name that holds one of its multi-word forms as whole words ("small pleural effusion", "bilateral
+    pleural effusions" for Pleural Effusion; not "pericardial effusion", though "effusion" is a synonym)."""
     vocab = load_vocabulary() if vocab is None else vocab
     target = match_concept(finding, vocab)
+    forms = {_singular(normalize_name(finding))}
+    if target is not None:
+        row = vocab.loc[vocab["concept"] == target]
+        forms |= {_singular(normalize_name(target))}
+        forms |= {_singular(normalize_name(x)) for syns in row["synonyms"] for x in syns}
     names = table["concept_1"].fillna("").astype(str) if "concept_1" in table else pd.Series([""] * len(table))
-    return np.array([bool(n) and (normalize_name(n) == normalize_name(finding) or match_concept(n, vocab) == target)
+    return np.array([bool(n) and (match_concept(n, vocab) == target
+                                  or any(f" {f} " in f" {_singular(normalize_name(n))} " for f in forms if " " in f))
                      for n in names])
+
+
+def _singular(words: str) -> str:
+    """Each word without a plural -s ("effusions" -> "effusion"), so narrower names match in either number."""
+    return " ".join(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words.split())
 
 
 def evidence_shares(attr: Attribution, table: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:

@@ -310,3 +310,12 @@ def test_notebook_06_attribution(small_run):
     assert all((att / name).stat().st_size > 0 for name in ARTIFACTS)
     per_logit = read_table(att / "contributions.parquet").groupby(["image_id", "finding"]).size()
     assert len(per_logit) == 5 * m["n_images"] and (per_logit == min(20, m["n_patterns"])).all()  # top_table
+
+
+def test_own_concept_includes_narrower_names_of_the_finding():
+    from lanic_nb.attribute.evidence import own_concept_patterns
+
+    table = pd.DataFrame({"concept_1": ["small pleural effusion", "bilateral pleural effusions", "pleural effusion",
+                                        "pericardial effusion", "portable film", "", "enlarged heart"]})
+    assert own_concept_patterns(table, "Pleural Effusion").tolist() == [True, True, True, False, False, False, False]
+    assert own_concept_patterns(table, "Cardiomegaly").tolist() == [False] * 6 + [True]  # a synonym
