@@ -43,10 +43,12 @@ def test_build_manifest_installs_a_real_manifest(tmp_path):
     assert not (tmp_path / "run" / "data" / "ground_truth.parquet").exists()
 
 
-def test_folder_dataset_through_notebooks_00_and_01_with_a_loaded_model(tmp_path, small_run):
+def test_folder_dataset_through_notebooks_00_and_01_with_a_loaded_model(tmp_path):
     import papermill as pm
 
-    clip_dir = small_run.until("01") / "clip"  # a trained open_clip folder: loaded, not retrained
+    from lanic_nb.embed.encoders import PHANTOM_ENCODER_DIR
+
+    clip_dir = PHANTOM_ENCODER_DIR  # an open_clip folder, as a user's own would be: loaded, not retrained
     _folder_dataset(tmp_path / "ds")
     run = tmp_path / "real_run"
     common = {"run_dir": str(run), "device": "cpu"}
