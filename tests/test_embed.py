@@ -117,6 +117,8 @@ def test_notebook_01_small(small_run):
     # Small mode embeds with the shipped phantom encoder, as the demo does: no CLIP is trained.
     assert "clip_steps" not in m and 0 <= m["encoder_load_seconds"] < 60
     assert m["encoder"].endswith("resources/phantom_encoder")
+    card = m["encoder_card"]  # the encoder's figures on an unseen phantom seed, recorded with the run's
+    assert card["probe_at_target"] >= 21 and len(card["probe_auroc"]) == 23 and card["zeroshot_auroc_mean"] >= 0.97
     store = EmbeddingStore.open(RunDir(run).embed)
     assert store.complete and store.image.shape == (m["n_images"], m["embed_dim"])
     scores = __import__("pandas").read_parquet(RunDir(run).clip / "zeroshot_scores.parquet")

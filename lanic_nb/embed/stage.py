@@ -110,6 +110,11 @@ def run_embed(run_dir: str | Path, cfg: EmbedConfig | None = None) -> EmbedResul
     else:
         summary["encoder_load_seconds"] = round(load_seconds, 2)
     card = encoder_card(encoder)
+    if card is not None and "evaluation" in card:  # the shipped encoder's own figures (its card), beside the run's
+        ev = card["evaluation"]
+        summary["encoder_card"] = {k: ev[k] for k in ("probe_auroc", "probe_at_target", "probe_missed",
+                                                      "zeroshot_auroc_mean", "recall@10", "recall@10_chance",
+                                                      "phantom") if k in ev}
     record_metrics(run_dir, "01_embed", summary)
     zeroshot = read_table(rd.clip / "zeroshot_scores.parquet")
     return EmbedResult(encoder, manifest, mpath.parent, store, train_log, card, clip_metrics, zeroshot, summary)
