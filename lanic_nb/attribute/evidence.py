@@ -31,10 +31,14 @@ def own_concept_patterns(table: pd.DataFrame, finding: str, vocab: pd.DataFrame 
         row = vocab.loc[vocab["concept"] == target]
         forms |= {_singular(normalize_name(target))}
         forms |= {_singular(normalize_name(x)) for syns in row["synonyms"] for x in syns}
+    phrases = [f" {f} " for f in forms if " " in f]  # multi-word forms, matched as whole words
+
+    def names_it(name: str) -> bool:
+        padded = f" {_singular(normalize_name(name))} "
+        return match_concept(name, vocab) == target or any(f in padded for f in phrases)
+
     names = table["concept_1"].fillna("").astype(str) if "concept_1" in table else pd.Series([""] * len(table))
-    return np.array([bool(n) and (match_concept(n, vocab) == target
-                                  or any(f" {f} " in f" {_singular(normalize_name(n))} " for f in forms if " " in f))
-                     for n in names])
+    return np.array([bool(n) and names_it(n) for n in names])
 
 
 def _singular(words: str) -> str:

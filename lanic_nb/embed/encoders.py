@@ -37,6 +37,7 @@ PHANTOM = "phantom"
 PHANTOM_ENCODER_DIR = Path(__file__).resolve().parent.parent / "resources" / "phantom_encoder"
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
+CARD_NAME = "card.json"  # an encoder folder's optional card: recipe, fingerprint, figures
 
 
 class EncoderUnavailable(RuntimeError):

@@ -22,7 +22,7 @@ import pandas as pd
 from lanic_nb.device import pick_device, seed_everything
 from lanic_nb.embed.clip_eval import write_clip_evaluation
 from lanic_nb.embed.clip_small import SmallClipConfig, fit_small_clip
-from lanic_nb.embed.encoders import LOCAL_PREFIX, Encoder, load_encoder
+from lanic_nb.embed.encoders import CARD_NAME, LOCAL_PREFIX, Encoder, load_encoder
 from lanic_nb.embed.store import EmbeddingStore, embed_manifest
 from lanic_nb.io import read_json, read_table
 from lanic_nb.rundir import RunDir, record_metrics
@@ -124,5 +124,5 @@ def encoder_card(encoder: Encoder) -> dict | None:
     """``card.json`` from a local-dir encoder's folder (the shipped phantom encoder has one), else None."""
     if not encoder.name.startswith(LOCAL_PREFIX):
         return None
-    path = Path(encoder.name[len(LOCAL_PREFIX):]) / "card.json"
+    path = Path(encoder.name[len(LOCAL_PREFIX):]) / CARD_NAME
     return read_json(path) if path.exists() else None

@@ -46,7 +46,7 @@ from lanic_nb.embed.clip_small import (
     init_model_folder,
     sample_sentences,
 )
-from lanic_nb.embed.encoders import CONFIG_NAME, PHANTOM_ENCODER_DIR, WEIGHTS_NAME, preprocess_gray
+from lanic_nb.embed.encoders import CARD_NAME, CONFIG_NAME, PHANTOM_ENCODER_DIR, WEIGHTS_NAME, preprocess_gray
 from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
 from lanic_nb.phantom.captions import describe, vocabulary_names
 from lanic_nb.phantom.config import CONCEPT_NAMES, PhantomConfig
@@ -55,8 +55,6 @@ from lanic_nb.phantom.reports import make_report
 from lanic_nb.progress import progress
 
 log = logging.getLogger(__name__)
-
-CARD_NAME = "card.json"
 
 
 @dataclass
