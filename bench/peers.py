@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from lanic_nb.device import machine_line, pick_device
+from lanic_nb.device import keep_freed_memory, machine_line, pick_device
 from lanic_nb.transcoder.config import TranscoderConfig
 from lanic_nb.transcoder.model import TranscoderEnsemble
 from lanic_nb.transcoder.train import make_optimizer, train_step
@@ -333,10 +333,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     t_start = time.perf_counter()
+    # One allocator setting for every library in this process, as train_ensemble sets it for lanic-nb's runs.
+    kept = keep_freed_memory()
     print(machine_line(), flush=True)
     load0 = os.getloadavg()[0]
     print(f"peers bench on {device}; 1-min load average at start {load0:.1f} (this process uses "
-          f"{args.threads} threads; a load above that means other work shares the cores)", flush=True)
+          f"{args.threads} threads; a load above that means other work shares the cores); freed memory kept for "
+          f"reuse by every library: {kept} (lanic_nb.device.keep_freed_memory)", flush=True)
     ratios = {}
     for key in args.shapes:
         sh = SHAPES[key]

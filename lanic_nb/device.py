@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import random
+import sys
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_KEPT: bool | None = None
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -16,6 +24,32 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
     return dev
+
+
+def keep_freed_memory() -> bool:
+    """Let this process keep the memory it frees for its next allocations (glibc on Linux; elsewhere a no-op).
+
+    A CPU training step allocates and frees tensors of tens of MB (the ensemble's gradients, the per-latent
+    sums). glibc serves blocks over 32 MB with fresh ``mmap`` pages and returns them on free, so every step pays
+    a page fault per 4 KiB touched: measured at MIMIC shapes (10 members x 4,096 latents), about 54,000 faults
+    and a quarter of the step. Raising the mmap and trim thresholds to 1 GiB keeps those pages mapped and
+    reused (in the steady state mostly 0 faults per step; tested); peak memory is unchanged, but memory freed
+    after the peak stays with the process until it exits. Called once by ``train_ensemble``; True when the
+    settings were taken. PyTorch's CPU tuning guide reaches the same end by preloading jemalloc or tcmalloc.
+    """
+    global _KEPT
+    if _KEPT is None:
+        _KEPT = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                # Not M_TOP_PAD as well: measured, a large pad brings the faults back.
+                settings = ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 1 << 30))
+                _KEPT = all(libc.mallopt(opt, ctypes.c_int(val)) == 1 for opt, val in settings)
+            except (OSError, AttributeError):  # not glibc (musl, say): nothing to tune
+                _KEPT = False
+        log.debug("keep_freed_memory: %s", _KEPT)
+    return _KEPT
 
 
 def seed_everything(seed: int) -> None:

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from lanic_nb.checkpoint import load_training_tensors, training_tensors
+from lanic_nb.device import keep_freed_memory
 from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
 from lanic_nb.progress import progress as progress_bar
 from lanic_nb.transcoder.config import TranscoderConfig, TranscoderOutput
@@ -122,6 +123,8 @@ def train_ensemble(
     The log has one row per logging step: step, and per-member means of loss terms, FVU and L0.
     """
     device = torch.device(device)
+    if device.type == "cpu":
+        keep_freed_memory()  # a quarter of a large CPU step was page faults (lanic_nb.device.keep_freed_memory)
     X = torch.as_tensor(np.asarray(X, dtype=np.float32)).to(device)
     H = torch.as_tensor(np.asarray(H, dtype=np.float32)).to(device)
     if X.shape[1] != cfg.d_in or H.shape[1] != cfg.d_out or len(X) != len(H):
