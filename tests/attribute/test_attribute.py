@@ -21,7 +21,7 @@ from lanic_nb.attribute.core import (
 from lanic_nb.attribute.evidence import evidence_shares
 from lanic_nb.attribute.faithfulness import deletion_test, insertion_curves
 from lanic_nb.attribute.plots import plot_insertion
-from lanic_nb.attribute.shortcut import shortcut_check, top_pattern_hits
+from lanic_nb.attribute.shortcut import shortcut_check, stratified_aurocs, top_pattern_hits
 from lanic_nb.attribute.stage import AttributionConfig, load_run, run_attribution
 from lanic_nb.evaluation import finding_concept, ground_truth_matrix, load_ground_truth, planted_shortcut
 from lanic_nb.io import read_table
@@ -189,6 +189,41 @@ def test_shortcut_check_on_a_phantom(tmp_path):
     table.loc[7, ["concept_1", "category"]] = ["bilateral pleural effusions", "pleural"]
     wrong = shortcut_check(tmp_path, attr, ids, top=5, patterns=table)
     assert not wrong["shortcut_named"] and not wrong["category_correct"] and wrong["true_category"] == "artifact"
+
+
+def test_shortcut_check_separates_the_detector_from_the_carrier(tmp_path):
+    """A marker riding on a finding: pattern 7 detects the marker alone and pushes nothing; pattern 3 fires on
+    the finding and, weaker and noisily, on the marker, and carries the push. The stratified detector is 7, the carrier 3."""
+    cfg = PhantomConfig(n_images=80, image_size=32, shortcut_strength=0.7, shortcut_base=0.2)
+    ids = make_phantom_dataset(tmp_path, cfg)["image_id"].astype(str).to_numpy()
+    truth = ground_truth_matrix(load_ground_truth(tmp_path), ids)
+    marker = torch.from_numpy(truth[cfg.shortcut_concept].to_numpy(float))
+    finding = torch.from_numpy(truth[FINDING_TO_CONCEPT[cfg.shortcut_finding]].to_numpy(float))
+    assert 0 < marker.sum() < len(ids) and 0 < finding.sum() < len(ids)
+    n, n_pat, c = len(ids), 10, FINDINGS.index(cfg.shortcut_finding)
+    g = torch.Generator().manual_seed(1)
+    act = 0.1 * torch.rand(n, n_pat, generator=g, dtype=torch.float64)
+    act[:, 7] += marker
+    act[:, 3] += finding + 0.3 * marker + 0.5 * torch.rand(n, generator=g, dtype=torch.float64)  # noisy on it
+    contrib = torch.zeros(n, n_pat, 5, dtype=torch.float64)
+    contrib[:, 3, c] = act[:, 3]
+    z = torch.zeros(n, 5, dtype=torch.float64)
+    attr = Attribution(contrib, z, torch.zeros(5, dtype=torch.float64), z, contrib.sum(1), act)
+    names = ["nodule"] * n_pat
+    names[3], names[7] = "pleural effusion", "portable film"
+    cats = ["pulmonary"] * n_pat
+    cats[3], cats[7] = "pleural", "artifact"
+    table = pd.DataFrame({"pattern_id": range(n_pat), "concept_1": names, "category": cats})
+    res = shortcut_check(tmp_path, attr, ids, top=5, patterns=table)
+    within, carrier = res["within_finding"], res["carrier"]
+    assert within["pattern"] == 7 and within["auroc"] > 0.95 and within["shortcut_named"]
+    assert within["category_correct"] and within["push"] == pytest.approx(0.0)
+    assert carrier["pattern"] == 3 and not carrier["shortcut_named"] and carrier["pattern_name"] == "pleural effusion"
+    assert carrier["push"] == pytest.approx(0.3, abs=0.2) and carrier["push_share"] == pytest.approx(1.0)
+    # a pattern of the finding alone does not detect the marker within the finding's strata
+    strat = stratified_aurocs(act[:, [3, 7]] - torch.stack([0.3 * marker, torch.zeros(n)], 1),
+                              marker.numpy().astype(bool), finding.numpy().astype(bool))
+    assert abs(strat[0] - 0.5) < 0.2 and strat[1] > 0.95
 
 
 def test_evidence_shares_split_positive_evidence_by_the_patterns_names():
