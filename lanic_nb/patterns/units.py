@@ -15,6 +15,7 @@ import torch
 from scipy import sparse
 
 from lanic_nb.patterns.merge import PatternSet
+from lanic_nb.transcoder.inference import topk_codes
 
 
 def rows_per_batch(ensemble, budget: int = 1 << 25) -> int:
@@ -31,18 +32,29 @@ def pattern_activations(ensemble, patterns: PatternSet, x: torch.Tensor, batch_s
     """
     device = next(ensemble.parameters()).device
     batch_size = batch_size or rows_per_batch(ensemble)
-    flat = patterns.latent_pattern.reshape(-1).to(device)  # (M,)
-    keep = torch.nonzero(flat >= 0).squeeze(1)
-    pid = flat[keep]
+    lp = patterns.latent_pattern.to(device)  # (n_members, d_dict)
+    n_pat = patterns.n_patterns
     out = []
     for s in range(0, x.shape[0], batch_size):
-        z = ensemble.encode(x[s : s + batch_size].to(device).float())  # (n_members, batch, d_dict)
-        zf = z.permute(1, 0, 2).reshape(z.shape[1], -1)  # (batch, M)
-        act = torch.zeros(zf.shape[0], patterns.n_patterns, device=device)
-        act.index_add_(1, pid, zf[:, keep])
+        xb = x[s : s + batch_size].to(device).float()
+        if ensemble.cfg.activation == "topk":  # only the k codes per member and row (transcoder.inference)
+            vals, idx = topk_codes(ensemble, xb)  # (n_members, batch, k)
+            pid = lp.gather(1, idx.reshape(idx.shape[0], -1)).view_as(idx)
+            pid = torch.where(pid >= 0, pid, n_pat)  # latents in no pattern go to a spare column
+            rows = idx.shape[1]
+            act = torch.zeros(rows, n_pat + 1, device=device)
+            act.scatter_add_(1, pid.permute(1, 0, 2).reshape(rows, -1), vals.permute(1, 0, 2).reshape(rows, -1))
+            act = act[:, :n_pat]
+        else:
+            z = ensemble.encode(xb)  # (n_members, batch, d_dict)
+            zf = z.permute(1, 0, 2).reshape(z.shape[1], -1)  # (batch, M)
+            flat = lp.reshape(-1)
+            keep = torch.nonzero(flat >= 0).squeeze(1)
+            act = torch.zeros(zf.shape[0], n_pat, device=device)
+            act.index_add_(1, flat[keep], zf[:, keep])
         out.append((act / patterns.n_members).cpu())
     if not out:
-        return torch.zeros(0, patterns.n_patterns)
+        return torch.zeros(0, n_pat)
     return torch.cat(out)
 
 
@@ -53,7 +65,15 @@ def latent_alive(ensemble, x: torch.Tensor, batch_size: int | None = None) -> to
     alive = None
     with torch.no_grad():
         for s in range(0, x.shape[0], batch_size):
-            fired = (ensemble.encode(x[s : s + batch_size].to(device).float()) > 0).any(dim=1).cpu()
+            xb = x[s : s + batch_size].to(device).float()
+            if ensemble.cfg.activation == "topk":  # only the k codes per member and row (transcoder.inference)
+                vals, idx = topk_codes(ensemble, xb)
+                n, dd = ensemble.cfg.n_members, ensemble.cfg.d_dict
+                fired = torch.zeros(n * dd, dtype=torch.bool, device=device)
+                fired[(idx + dd * torch.arange(n, device=device).view(n, 1, 1))[vals > 0]] = True
+                fired = fired.view(n, dd).cpu()
+            else:
+                fired = (ensemble.encode(xb) > 0).any(dim=1).cpu()
             alive = fired if alive is None else alive | fired
     return alive
 

@@ -1,5 +1,5 @@
 """bench/gpu.py (prepared for a GPU) runs end to end on the CPU when asked, tiny and without the peers' libraries
-(the tests never import those), and claims no GPU figure."""
+(the tests never import those), and claims no GPU figure; bench/activations.py runs tiny and matches its dense reference."""
 
 from __future__ import annotations
 
@@ -19,3 +19,13 @@ def test_gpu_bench_runs_tiny_on_cpu():
     assert "one epoch over 377,110 rows" in out and "lanic-nb (batched)" in out
     for lib in ("sparsify", "overcomplete", "SAELens"):
         assert lib not in out
+
+
+def test_activations_bench_runs_tiny_and_agrees_with_its_reference():
+    r = subprocess.run([sys.executable, "bench/activations.py", "--members", "2", "--d-dict", "256", "--d-in", "32",
+                        "--k", "8", "--rows", "64", "--patterns", "20"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip().splitlines()[-1]
+    assert line.startswith("pattern activations, 2 x 256 latents") and "dense reference" in line
+    assert float(line.rsplit("max |difference| ", 1)[1]) < 1e-5
