@@ -181,7 +181,9 @@ class TranscoderEnsemble(nn.Module):
     def _losses(self, h_hat: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per member: squared error per sample, variance of h per sample, FVU  # each (n_members,)."""
         err = (h_hat - h).square().sum((1, 2)) / h.shape[1]
-        var = h.var(1, correction=0).sum(-1).clamp_min(1e-12)  # fewer passes than centring by hand
+        # Centred by hand: torch's var over the middle axis of (n_members, batch, d_out) ran 16x slower (2.5 ms
+        # vs 0.15 ms per demo step on 2 cores), a tenth of the whole step.
+        var = (h - h.mean(1, keepdim=True)).square().mean(1).sum(-1).clamp_min(1e-12)
         return err, var, err / var
 
     def _forward_sparse(self, x: torch.Tensor, h: torch.Tensor | None) -> TranscoderOutput:
@@ -201,7 +203,7 @@ class TranscoderEnsemble(nn.Module):
             if aux_on:
                 idx_aux, aux_ok = _dead_topk(pre, dead, cfg.aux_k)
                 idx = torch.cat([idx, idx_aux], dim=-1)  # (n_members, batch, k + aux_k')
-            ch = choose(idx, cfg.d_dict, cfg.k, backward)
+            ch = choose(idx, cfg.d_dict, cfg.k, backward, max(cfg.d_in, cfg.d_out))
         both = _GatherPre.apply(pre, ch, xc, x3, self.W_enc, self.b_enc, self.b_pre)
         vals = both[..., : cfg.k].relu()  # (n_members, batch, k)
         v = vals

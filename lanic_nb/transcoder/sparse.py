@@ -9,12 +9,11 @@ and a fresh matrix of that size. Here the step's chosen latents, main and aux-k 
 d_dict / k times less arithmetic, shared by the encoder's and the decoder's gradient and by all members (a
 loop over single models, sparsify's for one, forms batch x k x d products per member before an index-add).
 
-Where d_dict is small next to k (the demo's 256 latents, k 16) those per-choice kernels and the sort cost more
-than products over all latents, so there the backward scatters the choices into (n_members, rows, d_dict) and
-multiplies (``DENSE_MAX_RATIO``); at 4,096 latents the products would cost as much as the encoder itself. The
-value gradients, one dot product dL/dh_i . W_dec[j] per choice, follow the same rule: the dense product and a
-gather, or embedding_bag's own per-sample-weight gradient. Every path is checked against the dense
-formulation in tests/transcoder/.
+Where one member's weights are tiny (``DENSE_MAX_WEIGHTS``: d_dict x width, the test shapes) the per-choice
+kernels and the sort cost more than products over all latents, so there the backward scatters the choices
+into (n_members, rows, d_dict) and multiplies. The value gradients, one dot product dL/dh_i . W_dec[j] per
+choice, follow the same rule: the dense product and a gather, or embedding_bag's own per-sample-weight
+gradient. Every path is checked against the dense formulation in tests/transcoder/.
 """
 
 from __future__ import annotations
@@ -29,8 +28,11 @@ from lanic_nb.transcoder.autograd import _flat_latents
 
 log = logging.getLogger(__name__)
 
-DENSE_MAX_RATIO = 32
-"""Backward through products over all latents while d_dict <= this x k (demo: 256 <= 32 x 16; MIMIC: 4,096 > 32 x 32)."""
+DENSE_MAX_WEIGHTS = 1 << 15
+"""Backward through products over all latents while one member's d_dict x max(d_in, d_out) is at most this.
+Measured on 2 cores with freed memory kept (``device.keep_freed_memory``), ms per member-step, sparse vs dense:
+the demo's ensemble (256 latents, k 16, 256 -> 512, 100 members, aux-k on) 1.2 vs 1.8; the peers bench's demo
+shapes (256 latents, 256 -> 256) 0.73-0.84 vs 1.0-1.07; 64 latents x 64: 0.15 vs 0.13 (dense wins)."""
 
 
 class Choices(NamedTuple):
@@ -44,12 +46,13 @@ class Choices(NamedTuple):
     offsets: torch.Tensor | None = None  # (n_members * d_dict,) start of each latent's run (runs may be empty)
 
 
-def choose(idx: torch.Tensor, d_dict: int, k: int, backward: bool = True) -> Choices:
+def choose(idx: torch.Tensor, d_dict: int, k: int, backward: bool = True, width: int = 0) -> Choices:
     """The choices idx (n_members, batch, kk), sorted by latent (stably, so sums run in row order) when a backward
-    will sum rows per latent (not without a backward, nor where it goes through dense products)."""
+    will sum rows per latent (not without a backward, nor where it goes through dense products: weights of
+    d_dict x ``width``, the larger of d_in and d_out, within ``DENSE_MAX_WEIGHTS``)."""
     n, b, kk = idx.shape
     flat = _flat_latents(idx, d_dict)  # (n * b, kk)
-    if not backward or d_dict <= DENSE_MAX_RATIO * k:
+    if not backward or d_dict * width <= DENSE_MAX_WEIGHTS:
         return Choices(idx, flat, k)
     keys, order = flat.reshape(-1).sort(stable=True)
     counts = torch.bincount(keys, minlength=n * d_dict)

@@ -44,8 +44,8 @@ def run(model: TranscoderEnsemble, x: torch.Tensor, h: torch.Tensor):
 
 @pytest.fixture(params=["dense backward", "per-latent sums"])
 def dots_path(request, monkeypatch):
-    if request.param == "per-latent sums":
-        monkeypatch.setattr(sparse, "DENSE_MAX_RATIO", 0)
+    # both paths on every shape: these tests' shapes are tiny, which alone would pick the dense backward
+    monkeypatch.setattr(sparse, "DENSE_MAX_WEIGHTS", 0 if request.param == "per-latent sums" else 1 << 40)
     return request.param
 
 
@@ -93,11 +93,11 @@ def test_eval_forward_skips_the_sort_and_matches():
 
 def test_per_latent_sum_and_dots_against_dense(monkeypatch):
     """The two primitives: per-latent sums of chosen rows (weight gradients) and per-choice dot products."""
-    monkeypatch.setattr(sparse, "DENSE_MAX_RATIO", 0)  # sort the choices even at these few latents
+    monkeypatch.setattr(sparse, "DENSE_MAX_WEIGHTS", 0)  # sort the choices even at these few latents
     g = torch.Generator().manual_seed(4)
     n, b, d_dict, kk, k, width = 2, 9, 30, 7, 5, 6
     idx = torch.stack([torch.stack([torch.randperm(d_dict, generator=g)[:kk] for _ in range(b)]) for _ in range(n)])
-    ch = sparse.choose(idx, d_dict, k)
+    ch = sparse.choose(idx, d_dict, k, width=width)
     w = torch.randn(n, b, kk, generator=g)
     src = torch.randn(n, b, width, generator=g)
     got = sparse.per_latent_sum(ch, ch.rows, src.reshape(n * b, width), w.reshape(-1)[ch.order])
