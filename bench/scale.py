@@ -1,6 +1,6 @@
 """A MIMIC-scale dry run of every stage on synthetic data: 377,110 x 512 embeddings -> classifier -> ensemble of
 100 x 4,096 transcoders -> merge -> annotation -> attribution of 10,000 images -> HTML gallery; then a check
-that the patterns found the planted directions. Not part of `make test` (hours at full scale on 2 CPU cores).
+that the patterns found the planted directions. Not part of `make test` (34-52 min at full scale on 2 CPU cores).
 
 Data (bench/scale_data.py): K=64 known unit directions in R^512, each row a sparse non-negative combination
 of them plus noise, L2-normalized, written as the library's own embedding store (memory-mapped) in a work
@@ -11,13 +11,13 @@ as in the paper, and the transcoders' steps and batch, a few hundred steps at 25
 wall seconds, the process's peak RSS so far (resource.getrusage) and the largest arrays it held; then one
 summary line.
 
-    .venv/bin/python bench/scale.py                                   # full scale: hours on 2 CPU cores
-    .venv/bin/python bench/scale.py --alive-rows 20000                # ~1.5 h less: one full encode pass fewer
+    .venv/bin/python bench/scale.py                                   # full scale: ~52 min on 2 CPU cores
+    .venv/bin/python bench/scale.py --alive-rows 20000                # 34 min measured: one full encode pass fewer
     .venv/bin/python bench/scale.py --fraction 0.01 --members 4       # quick check: ~3,771 rows, minutes
     .venv/bin/python bench/scale.py --work /data/scale --keep         # keep the run folder (gallery.html)
 
-At N=100 x 4,096 every pass of the ensemble's encoder over all 377,110 rows costs ~160 TFLOP (over an hour
-on 2 cores); the run makes two (which latents are alive, as notebook 04 decides it; the patterns'
+At N=100 x 4,096 every pass of the ensemble's encoder over all 377,110 rows costs ~160 TFLOP (about 17 min on
+2 cores with the latents chosen from a bfloat16 product, ``lanic_nb.transcoder.inference``); the run makes two (which latents are alive, as notebook 04 decides it; the patterns'
 activations), so those two dominate, beside the few hundred training steps.
 
 Annotation contrasts each pattern's images with their silent look-alikes as notebook 04 does
