@@ -58,6 +58,12 @@ class AnnotationConfig:
     their ``contrast_neighbors`` nearest images (by embedding) on which the unit is silent. What co-occurs
     with the unit's concept (tubes with a portable film) is shared by those look-alikes and cancels; what
     the unit detects does not. Needs the image embeddings."""
+    report_weight: float = 0.0
+    """With contrast and the reports' mentions given: add, per representative image, this weight times how much
+    more often its report mentions the concept than its look-alikes' reports (a share difference in [-1, 1]),
+    to the image-side score (z units per image). A shortcut marker rides on its finding in the images, so the
+    image side alone may name the finding; the reports say "portable AP" only where the film is portable.
+    Concepts that reports never mention (markers, burned-in text) get nothing either way. 0: images alone."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.top_fraction <= 1.0:
@@ -74,6 +80,8 @@ class AnnotationConfig:
             raise ValueError(f"category_beta must be in (0, 1], got {self.category_beta}")
         if self.contrast_neighbors < 0:
             raise ValueError(f"contrast_neighbors must be >= 0, got {self.contrast_neighbors}")
+        if self.report_weight < 0:
+            raise ValueError(f"report_weight must be >= 0, got {self.report_weight}")
 
 
 # ------------------------------------------------------------------------------------ text-side scoring
@@ -158,14 +166,16 @@ def silent_neighbors(embeddings: np.ndarray, rep: np.ndarray, silent: np.ndarray
 
 def annotate_units(
     activations: np.ndarray, similarity: np.ndarray, vocab: pd.DataFrame, cfg: AnnotationConfig | None = None,
-    embeddings: np.ndarray | None = None,
+    embeddings: np.ndarray | None = None, mentions: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Name every unit: top concepts with scores, kept count, category and its confidence.
 
     activations: (n_images, n_units); similarity: (n_images, n_concepts) from :func:`concept_similarity`.
     Concepts are ranked by their similarity summed over the representative images (as MAMMI sums), minus,
     with ``cfg.contrast_neighbors``, that of each image's silent look-alikes (``embeddings``: (n_images, d));
-    ``score_k`` reports that sum divided by the number of images, so scores compare across units.
+    ``score_k`` reports that sum divided by the number of images, so scores compare across units. With
+    ``mentions`` ((n_images, n_concepts) bool, :func:`mention_matrix` of each image's report) and
+    ``cfg.report_weight``, the reports' contrast is added (see ``AnnotationConfig.report_weight``).
     """
     cfg = cfg or AnnotationConfig()
     if cfg.contrast_neighbors and embeddings is None:
@@ -190,6 +200,9 @@ def annotate_units(
             near = silent_neighbors(np.asarray(embeddings, np.float32), rep, act[:, u] <= 0, cfg.contrast_neighbors)
             if near.shape[1]:
                 score = score - sim[near].mean(axis=1).sum(axis=0)
+                if mentions is not None and cfg.report_weight:
+                    told = mentions[rep].mean(axis=0) - mentions[near.reshape(-1)].mean(axis=0)  # (C,)
+                    score = score + cfg.report_weight * len(rep) * told
         order = np.argsort(-score, kind="stable")
         best = float(score[order[0]])
         for r in range(cfg.n_top):

@@ -63,7 +63,7 @@ class PatternsConfig:
     act_rows: int = 2048
     """Images sampled for that activation test."""
     min_consistency: float = 0.25
-    """Keep patterns held by at least this fraction of members (25 of 100)."""
+    """Keep patterns held by at least this fraction of members (13 of the demo's 50)."""
     n_neighbors: int = 8
     """Neighbours per latent inside a coarse cell."""
     k_top: int = 20
@@ -87,6 +87,10 @@ class PatternsConfig:
     contrast_neighbors: int = 10
     """Name a pattern by what its images show more than their silent look-alikes (0: plain MAMMI scoring).
     Confounded concepts (a portable film and the tubes of the same sick patients) share those look-alikes."""
+    report_weight: float = 1.0
+    """With contrast: how much the reports' contrast counts beside the images' (``AnnotationConfig.report_weight``;
+    0: images alone). On the demo it named the PORTABLE marker's pattern "portable film" instead of
+    "costophrenic angle" and raised the names' top-1 accuracy from 0.63 to 0.90 (30 patterns)."""
     n_sentences: int = 3
     """Top report sentences per pattern."""
     known_names_only: bool = True
@@ -118,7 +122,7 @@ class PatternsConfig:
     def annotation_config(self) -> AnnotationConfig:
         return AnnotationConfig(top_fraction=self.top_fraction, beta=self.beta, min_images=self.min_images,
                                 max_images=self.max_images, standardize=self.standardize,
-                                contrast_neighbors=self.contrast_neighbors)
+                                contrast_neighbors=self.contrast_neighbors, report_weight=self.report_weight)
 
 
 @dataclass
@@ -236,14 +240,15 @@ def run_patterns(run_dir: str | Path, config: PatternsConfig | None = None) -> P
     log.info("%d concepts (%d mined)", len(space.vocab), space.n_mined)
     ann_cfg = cfg.annotation_config()
     x_np = inp.x.numpy()
-    annotations = annotate_units(act, space.similarity, space.vocab, ann_cfg, embeddings=x_np)
+    # Which concepts each image's report mentions (no labeler, no truth): the reports' side of the contrast.
+    mentions = mention_matrix(inp.manifest["report"].fillna("").astype(str).tolist(), space.vocab)
+    annotations = annotate_units(act, space.similarity, space.vocab, ann_cfg, embeddings=x_np, mentions=mentions)
     sent_act = pattern_activations(ens, ps, torch.from_numpy(np.array(inp.store.sentence, dtype=np.float32)))
     sentences = top_sentences(sent_act.numpy(), inp.store.sentences["text"].astype(str).tolist(), k=cfg.n_sentences)
     table = assemble_pattern_table(ps, stats, effects, annotations, sentences)
     write_table(rd.patterns / PATTERN_TABLE, table)
 
     # Label-free check: do the reports of a unit's top images agree on one concept?
-    mentions = mention_matrix(inp.manifest["report"].fillna("").astype(str).tolist(), space.vocab)
     baselines = baseline_units(ens, inp.x)
     all_units = {MAIN_SET: act, **baselines}
     purity = {name: report_purity(units, mentions, k=cfg.k_top) for name, units in all_units.items()}
@@ -251,7 +256,8 @@ def run_patterns(run_dir: str | Path, config: PatternsConfig | None = None) -> P
     # Evaluation against the planted truth (phantom only; empty tables and no files on real data).
     unit_sets = {MAIN_SET: (act, annotations)}
     for name, units in baselines.items():
-        unit_sets[name] = (units, annotate_units(units, space.similarity, space.vocab, ann_cfg, embeddings=x_np))
+        unit_sets[name] = (units, annotate_units(units, space.similarity, space.vocab, ann_cfg, embeddings=x_np,
+                                                 mentions=mentions))
     evaluation, per_unit = evaluate_unit_sets(rd.root, inp.image_ids, unit_sets, space.vocab, cfg.recover_at,
                                               cfg.monosemantic_at)
     h = hidden_targets(inp.classifier, inp.x.numpy(), dev).cpu().numpy()

@@ -74,7 +74,8 @@ class TranscoderConfig:
     encoder's scale by least squares (Gao et al. 2024 tie the init too; bench/peers.py: FVU 0.69 instead of 0.84
     after 400 demo-shaped steps). Transcoders (d_in != d_out) and ReLU / JumpReLU SAEs keep a random encoder."""
     sparse_topk: bool = True
-    """"topk" only: after the dense encoder product, touch just the k chosen latents per row: the decode, every
+    """"topk", and "batchtopk" while training (its choices per row vary, padded to the most any row holds): after
+    the dense encoder product, touch just the chosen latents per row: the decode, every
     gradient and the aux-k loss, through one sort of the choices by latent (``lanic_nb.transcoder.sparse``),
     instead of products over all d_dict latents. Same math (tested), about d_dict / k less work after the
     encoder; False keeps the dense formulation, the reference the tests compare against."""

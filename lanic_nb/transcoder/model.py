@@ -120,13 +120,8 @@ class TranscoderEnsemble(nn.Module):
             if not self.training:
                 # where, not multiply: masked latents hold -inf, and -inf * 0 is NaN
                 return torch.where(pre > self.threshold[:, None, None], pre, torch.zeros_like(pre))
-            n, b, d = pre.shape
-            flat = pre.reshape(n, b * d)
-            vals, idx = flat.topk(min(cfg.k * b, b * d), dim=-1, sorted=False)
-            with torch.no_grad():
-                kept_min = vals.clamp_min(0).min(dim=-1).values  # (n_members,)
-                self.threshold.lerp_(kept_min, 0.01 if self.steps_done > 0 else 1.0)
-            return torch.zeros_like(flat).scatter_(-1, idx, vals.relu()).reshape(n, b, d)
+            # where, not a scatter of the top values: ties at the threshold (a row drawn twice) are all kept
+            return torch.where(pre >= self._batch_threshold(pre), pre, 0.0).relu()
         if cfg.activation == "relu":
             return pre.relu()
         theta = self.log_threshold.exp().unsqueeze(1)  # (n_members, 1, d_dict)
@@ -176,7 +171,27 @@ class TranscoderEnsemble(nn.Module):
 
     @property
     def _sparse(self) -> bool:
-        return self.cfg.activation == "topk" and self.cfg.sparse_topk
+        """TopK always, BatchTopK while training (at inference it is a threshold, not a choice)."""
+        act = self.cfg.activation
+        return self.cfg.sparse_topk and (act == "topk" or (act == "batchtopk" and self.training))
+
+    @torch.no_grad()
+    def _batch_threshold(self, pre: torch.Tensor) -> torch.Tensor:
+        """BatchTopK in training: each member keeps the pre-activations at or above the (k x batch)-th largest of
+        its batch (ties included)  # (n_members, 1, 1). Also moves the inference threshold towards it."""
+        n, b, d = pre.shape
+        kept = pre.reshape(n, b * d).topk(min(self.cfg.k * b, b * d), dim=-1, sorted=False).values
+        t = kept.min(dim=-1).values  # (n_members,)
+        self.threshold.lerp_(t.clamp_min(0), 0.01 if self.steps_done > 0 else 1.0)
+        return t.view(n, 1, 1)
+
+    def _batch_choices(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """BatchTopK as per-row choices: (idx, keep), each (n_members, batch, kmax). Every row's top kmax (kmax: the
+        most any row holds at or above the batch threshold) contains its kept latents; ``keep`` marks them."""
+        t = self._batch_threshold(pre)
+        kmax = max(1, int((pre >= t).sum(-1).max()))
+        top, idx = pre.topk(kmax, dim=-1, sorted=False)
+        return idx, top >= t
 
     def _losses(self, h_hat: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per member: squared error per sample, variance of h per sample, FVU  # each (n_members,)."""
@@ -187,33 +202,39 @@ class TranscoderEnsemble(nn.Module):
         return err, var, err / var
 
     def _forward_sparse(self, x: torch.Tensor, h: torch.Tensor | None) -> TranscoderOutput:
-        """TopK through the chosen latents only (``sparse_topk``): the same values and gradients as the dense
-        path. The encoder's forward product stays dense (it chooses the latents); everything after it, backward
-        included, works on the k (plus aux-k) choices per row, sorted by latent once (``sparse.choose``)."""
+        """TopK (and BatchTopK in training) through the chosen latents only (``sparse_topk``): the same values and
+        gradients as the dense path. The encoder's forward product stays dense (it chooses the latents); everything
+        after it, backward included, works on the k (plus aux-k) choices per row, sorted by latent once
+        (``sparse.choose``)."""
         cfg = self.cfg
         x3 = self._x3(x)  # (n_members, batch, d_in)
         backward = torch.is_grad_enabled()
         with torch.no_grad():
             xc = x3 - self.b_pre.unsqueeze(1)  # (n_members, batch, d_in), kept for W_enc's gradient
             pre = self._masked(torch.baddbmm(self.b_enc.unsqueeze(1), xc, self.W_enc.transpose(1, 2)))
-            idx = pre.topk(cfg.k, dim=-1, sorted=False).indices  # (n_members, batch, k)
+            if cfg.activation == "topk":
+                idx, keep = pre.topk(cfg.k, dim=-1, sorted=False).indices, None  # (n_members, batch, k)
+            else:  # batchtopk: a varying number per row, padded to the most any row holds (keep marks the real ones)
+                idx, keep = self._batch_choices(pre)
+            k = idx.shape[-1]
             aux_on = self.training and h is not None and cfg.aux_coeff > 0
             dead = (self.steps_since_fired >= cfg.dead_steps) & self.latent_mask  # (n_members, d_dict)
             aux_on = aux_on and bool(dead.any())
             if aux_on:
                 idx_aux, aux_ok = _dead_topk(pre, dead, cfg.aux_k)
                 idx = torch.cat([idx, idx_aux], dim=-1)  # (n_members, batch, k + aux_k')
-            ch = choose(idx, cfg.d_dict, cfg.k, backward, max(cfg.d_in, cfg.d_out))
+            ch = choose(idx, cfg.d_dict, k, backward, max(cfg.d_in, cfg.d_out))
         both = _GatherPre.apply(pre, ch, xc, x3, self.W_enc, self.b_enc, self.b_pre)
-        vals = both[..., : cfg.k].relu()  # (n_members, batch, k)
+        vals = both[..., :k] if keep is None else torch.where(keep, both[..., :k], 0.0)
+        vals = vals.relu()  # (n_members, batch, k)
         v = vals
         if aux_on:  # padding choices (members with fewer dead latents) count as zero
-            v = torch.cat([vals, torch.where(aux_ok, both[..., cfg.k :], 0.0).relu()], dim=-1)
+            v = torch.cat([vals, torch.where(aux_ok, both[..., k:], 0.0).relu()], dim=-1)
         h_part, e_hat = _SparseDecode.apply(v, self.W_dec, ch)
         h_hat = h_part + self.b_dec.unsqueeze(1)
         # Codes for callers, written over pre (no longer needed: its choices are gathered), saving a fresh
         # (n_members, batch, d_dict) allocation every step.
-        codes = pre.zero_().scatter_(-1, idx[..., : cfg.k], vals.detach())
+        codes = pre.zero_().scatter_(-1, idx[..., :k], vals.detach())
         zero = h_hat.new_zeros(cfg.n_members)
         l1 = vals.sum(-1).mean(-1)
         if h is None:

@@ -33,17 +33,19 @@ class TranscodersConfig:
     """Parameters of notebook 03 (its demo defaults)."""
 
     device: str = "auto"
-    n_members: int = 100
-    """Ensemble size, as in CXR-LanIC."""
+    n_members: int = 50
+    """Ensemble size (CXR-LanIC: 100). The demo trains 50 for 2,000 steps: the work of 100 x 600, and the faint
+    planted concepts (tubes, electrodes) need the longer training to get latents of their own."""
     d_dict: int = 256
     """Latents per member."""
     k: int = 16
     """Active latents per image (topk / batchtopk)."""
-    activation: str = "topk"
-    """"topk" | "batchtopk" | "relu" | "jumprelu"."""
+    activation: str = "batchtopk"
+    """"batchtopk" | "topk" | "relu" | "jumprelu". BatchTopK (k x batch over the batch, a threshold after
+    training) gave the demo's faint concepts latents that a fixed k per image spends on loud ones."""
     l1_coeff: float = 0.0
     """Sparsity penalty for relu / jumprelu."""
-    steps: int = 600
+    steps: int = 2000
     batch_size: int = 128
     lr: float = 2e-3
     bootstrap: bool = False
@@ -53,7 +55,7 @@ class TranscodersConfig:
     the saved ensemble is the x -> h transcoder. On the demo it gives planted concepts that h carries in
     low-variance directions (devices, artifacts) latents of their own. 0 = a plain transcoder."""
     seed: int = 0
-    checkpoint_every: int = 200
+    checkpoint_every: int = 500
 
 
 @dataclass

@@ -40,7 +40,7 @@ ARTIFACTS = ("contributions.parquet", "summary.parquet", "patterns_for_90.parque
              "deletion.parquet", "insertion.parquet", "insertion.png", "evidence.parquet")
 
 
-@pytest.mark.parametrize("activation", ["topk", "relu"])
+@pytest.mark.parametrize("activation", ["topk", "batchtopk", "relu"])
 def test_identity_holds_and_matches_the_model(activation):
     clf, ens = tiny_models(activation=activation)
     lp = tiny_patterns(3, 24, 7)

@@ -278,3 +278,31 @@ def test_contrast_names_the_detected_concept_not_its_companion():
     assert contrast.loc[0, "concept_1"] == "a" and contrast.loc[0, "category"] == "device"
     with pytest.raises(ValueError, match="embeddings"):
         annotate_units(act, sim, vocab, AnnotationConfig(contrast_neighbors=5))
+
+
+def test_report_contrast_names_what_the_reports_tell_apart():
+    """A unit detects A (a portable marker), which rides on B (an effusion, the shortcut's finding). Both in the
+    images and in the text side, B dominates the unit's images and, less, their look-alikes' (which carry the
+    finding without the marker), so the image side names B. The reports mention A on exactly the images that
+    show it: their contrast names A. Weight 0 and absent mentions leave the image-side name unchanged."""
+    rng = np.random.default_rng(1)
+    n = 800
+    b = rng.random(n) < 0.5
+    a = np.where(b, rng.random(n) < 0.7, rng.random(n) < 0.1)
+    emb = np.column_stack([0.3 * a, b, rng.normal(0, 0.3, (n, 6))]).astype(np.float32)
+    vocab = pd.DataFrame({"concept": ["a", "b", "c"], "category": ["artifact", "pleural", "device"],
+                          "synonyms": [[], [], []]})
+    sim = np.column_stack([0.1 * a + rng.normal(0, 1, n), 2 * b * (1 + a) + rng.normal(0, 0.3, n), rng.normal(0, 1, n)])
+    act = (a * (1 + rng.random(n)))[:, None].astype(np.float32)
+    mentions = np.column_stack([a, b & (rng.random(n) < 0.9), np.zeros(n, bool)])
+    cfg = AnnotationConfig(max_images=400, contrast_neighbors=5)
+    images = annotate_units(act, sim, vocab, cfg, embeddings=emb, mentions=mentions)  # report_weight 0
+    assert images.loc[0, "concept_1"] == "b"
+    told = annotate_units(act, sim, vocab, AnnotationConfig(max_images=400, contrast_neighbors=5, report_weight=1.0),
+                          embeddings=emb, mentions=mentions)
+    assert told.loc[0, "concept_1"] == "a" and told.loc[0, "category"] == "artifact"
+    unmentioned = annotate_units(act, sim, vocab, AnnotationConfig(max_images=400, contrast_neighbors=5,
+                                                                   report_weight=1.0), embeddings=emb)
+    assert unmentioned.loc[0, "concept_1"] == "b"
+    with pytest.raises(ValueError, match="report_weight"):
+        AnnotationConfig(report_weight=-1)

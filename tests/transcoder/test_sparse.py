@@ -71,6 +71,41 @@ def test_sparse_step_matches_dense(dots_path, dict_sizes, dead_every, shared_x):
         torch.testing.assert_close(p.grad, q.grad, **TOL, msg=name)
 
 
+@pytest.mark.parametrize("dict_sizes,dead_every", [(None, 3), (None, None), ([24, 40, 40], 2)])
+def test_sparse_batchtopk_step_matches_dense(dots_path, dict_sizes, dead_every):
+    """BatchTopK through per-row choices (a varying number per row, padded): the dense path's values, gradients
+    and inference threshold."""
+    c = cfg(activation="batchtopk", dict_sizes=dict_sizes)
+    fast, ref = pair(c, dead_every)
+    assert fast._sparse and not ref._sparse
+    g = torch.Generator().manual_seed(4)
+    x, h = torch.randn(3, 16, 12, generator=g), torch.randn(3, 16, 10, generator=g).relu()
+    (a, ga), (b, gb) = run(fast, x, h), run(ref, x, h)
+    nnz = (a.codes > 0).sum(-1)  # (n_members, batch): rows hold different numbers, k per row on average
+    assert nnz.float().std() > 0 and (nnz.sum(-1) <= c.k * 16).all()
+    for name in ("h_hat", "codes", "loss", "mse", "fvu", "aux_loss", "l1"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), **TOL, msg=name)
+    torch.testing.assert_close(ga, gb, **TOL)
+    torch.testing.assert_close(fast.threshold, ref.threshold, **TOL)
+    for (name, p), q in zip(fast.named_parameters(), ref.parameters(), strict=True):
+        assert p.grad.abs().max() > 0, name
+        torch.testing.assert_close(p.grad, q.grad, **TOL, msg=name)
+    fast.eval(), ref.eval()  # inference: the threshold, through the dense path on both
+    assert not fast._sparse
+    torch.testing.assert_close(fast(x).h_hat, ref(x).h_hat, **TOL)
+
+
+def test_sparse_batchtopk_training_matches_dense(dots_path):
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(200, 12, generator=g)
+    H = torch.randn(200, 10, generator=g).relu()
+    c = cfg(activation="batchtopk", steps=10)
+    a, _ = train_ensemble(c, X, H, progress=False)
+    b, _ = train_ensemble(TranscoderConfig.from_dict({**c.to_dict(), "sparse_topk": False}), X, H, progress=False)
+    for name, t in a.state_dict().items():
+        torch.testing.assert_close(t, b.state_dict()[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_sparse_sae_training_matches_dense(dots_path):
     """A few training steps of a tied top-k SAE, aux-k switching on midway: the same weights either way."""
     g = torch.Generator().manual_seed(3)
