@@ -55,9 +55,12 @@ class AnnotationConfig:
     Not in MAMMI; with the small phantom CLIP it raised category agreement with the planted truth (0.19 -> 0.34)."""
     contrast_neighbors: int = 0
     """Contrast (0: off, as MAMMI): score a concept by how much more the representative images show it than
-    their ``contrast_neighbors`` nearest images (by embedding) on which the unit is silent. What co-occurs
+    their ``contrast_neighbors`` nearest images (by embedding) on which the unit is quiet (``quiet_images``). What co-occurs
     with the unit's concept (tubes with a portable film) is shared by those look-alikes and cancels; what
     the unit detects does not. Needs the image embeddings."""
+    own_share: float = 0.9
+    """With finding groups: a finding carried by at least this share of a unit's representative images is the
+    unit's subject, not a context to match (``unit_groups``)."""
     report_weight: float = 0.0
     """With contrast and the reports' mentions given: add, per representative image, this weight times how much
     more often its report mentions the concept than its look-alikes' reports (a share difference in [-1, 1]),
@@ -152,21 +155,72 @@ def representative_images(act: np.ndarray, cfg: AnnotationConfig) -> np.ndarray:
     return order[:n]
 
 
-def silent_neighbors(embeddings: np.ndarray, rep: np.ndarray, silent: np.ndarray, k: int) -> np.ndarray:
-    """(len(rep), k) indices: for each representative image, its k nearest silent images by cosine."""
+def finding_groups(labels: np.ndarray) -> np.ndarray:
+    """(n_images,) ints: one group per set of positive findings (labels (n_images, n_findings): 1 positive; 0, -1
+    uncertain and NaN missing all count as not positive). The labels come from the reports (a labeler), never
+    from a planted truth."""
+    pos = np.nan_to_num(np.asarray(labels, dtype=np.float64), nan=0.0) == 1
+    return (pos * (1 << np.arange(pos.shape[1], dtype=np.int64))).sum(axis=1) if pos.size else np.zeros(len(pos), np.int64)
+
+
+def unit_groups(groups: np.ndarray, rep: np.ndarray, own_share: float) -> np.ndarray:
+    """The finding groups (bitmasks, :func:`finding_groups`) one unit compares within: findings that at least
+    ``own_share`` of its representative images carry are the unit's own subject and leave the key (a pleural
+    effusion pattern is contrasted with films without effusion); findings it only often rides on stay in it
+    (a marker that follows effusion is contrasted with effusion films without the marker)."""
+    groups = np.asarray(groups, dtype=np.int64)
+    if len(rep) == 0:
+        return groups
+    n_bits = max(1, int(groups.max()).bit_length())
+    bits = 1 << np.arange(n_bits, dtype=np.int64)
+    share = ((groups[rep, None] & bits) != 0).mean(axis=0)  # (n_bits,)
+    own = int(bits[share >= own_share].sum())
+    return groups & ~own
+
+
+def quiet_images(act: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """(n_images,) bool: where a unit is quiet, the pool its look-alikes come from. Silent images (activation 0)
+    for a unit that fires on fewer than half of the images; for one that fires on most (a marker detector that
+    every film excites a little) the images at or below its median activation, since the few silent ones would
+    be look-alikes of nothing. With ``groups``, such a unit's median in each group: one that also follows a
+    finding still has quiet images among that finding's films."""
+    act = np.asarray(act)
+    if len(act) == 0 or float(np.median(act)) <= 0:
+        return act <= 0
+    if groups is None:
+        return act <= float(np.median(act))
+    groups = np.asarray(groups)
+    quiet = np.zeros(len(act), bool)
+    for g in np.unique(groups):
+        at = groups == g
+        quiet[at] = act[at] <= max(0.0, float(np.median(act[at])))
+    return quiet
+
+
+def silent_neighbors(embeddings: np.ndarray, rep: np.ndarray, silent: np.ndarray, k: int,
+                     groups: np.ndarray | None = None) -> np.ndarray:
+    """(len(rep), k) indices: for each representative image, its k nearest silent images by cosine; with
+    ``groups`` ((n_images,) ints), only among silent images of its own group while the group holds k of them."""
     cand = np.flatnonzero(silent)
     if len(cand) == 0:
         return np.zeros((len(rep), 0), np.int64)
     e = embeddings / (np.linalg.norm(embeddings, axis=1, keepdims=True) + 1e-12)
-    sims = e[rep] @ e[cand].T  # (len(rep), n_silent)
     k = min(k, len(cand))
-    near = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    return cand[near]
+    out = np.empty((len(rep), k), np.int64)
+    keys = np.zeros(len(rep), np.int64) if groups is None else np.asarray(groups)[rep]
+    for key in np.unique(keys):
+        at = np.flatnonzero(keys == key)
+        pool = cand if groups is None else cand[np.asarray(groups)[cand] == key]
+        if len(pool) < k:
+            pool = cand
+        sims = e[rep[at]] @ e[pool].T  # (len(at), len(pool))
+        out[at] = pool[np.argpartition(-sims, k - 1, axis=1)[:, :k]]
+    return out
 
 
 def annotate_units(
     activations: np.ndarray, similarity: np.ndarray, vocab: pd.DataFrame, cfg: AnnotationConfig | None = None,
-    embeddings: np.ndarray | None = None, mentions: np.ndarray | None = None,
+    embeddings: np.ndarray | None = None, mentions: np.ndarray | None = None, groups: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Name every unit: top concepts with scores, kept count, category and its confidence.
 
@@ -175,7 +229,10 @@ def annotate_units(
     with ``cfg.contrast_neighbors``, that of each image's silent look-alikes (``embeddings``: (n_images, d));
     ``score_k`` reports that sum divided by the number of images, so scores compare across units. With
     ``mentions`` ((n_images, n_concepts) bool, :func:`mention_matrix` of each image's report) and
-    ``cfg.report_weight``, the reports' contrast is added (see ``AnnotationConfig.report_weight``).
+    ``cfg.report_weight``, the reports' contrast is added (see ``AnnotationConfig.report_weight``). With
+    ``groups`` ((n_images,) ints, e.g. the findings each report is labelled with, :func:`finding_groups`) an image's
+    look-alikes come from its own group: what a shortcut concept rides on (its finding) is then shared by both
+    sides and cancels in the images and the reports alike.
     """
     cfg = cfg or AnnotationConfig()
     if cfg.contrast_neighbors and embeddings is None:
@@ -197,7 +254,9 @@ def annotate_units(
             continue
         score = sim[rep].sum(axis=0)  # (C,) summed over representative images, as MAMMI sums
         if cfg.contrast_neighbors:
-            near = silent_neighbors(np.asarray(embeddings, np.float32), rep, act[:, u] <= 0, cfg.contrast_neighbors)
+            keys = None if groups is None else unit_groups(groups, rep, cfg.own_share)
+            near = silent_neighbors(np.asarray(embeddings, np.float32), rep, quiet_images(act[:, u], keys),
+                                    cfg.contrast_neighbors, keys)
             if near.shape[1]:
                 score = score - sim[near].mean(axis=1).sum(axis=0)
                 if mentions is not None and cfg.report_weight:

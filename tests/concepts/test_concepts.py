@@ -17,11 +17,14 @@ from lanic_nb.concepts.annotate import (
     AnnotationConfig,
     annotate_units,
     concept_similarity,
+    finding_groups,
     mention_matrix,
     prompt_names,
+    quiet_images,
     report_purity,
     representative_images,
     top_sentences,
+    unit_groups,
 )
 from lanic_nb.concepts.mining import mine_noun_phrases
 from lanic_nb.concepts.vocabulary import (
@@ -306,3 +309,44 @@ def test_report_contrast_names_what_the_reports_tell_apart():
     assert unmentioned.loc[0, "concept_1"] == "b"
     with pytest.raises(ValueError, match="report_weight"):
         AnnotationConfig(report_weight=-1)
+
+
+def test_finding_groups_and_unit_groups():
+    labels = np.array([[1, 0, np.nan], [1, 1, -1], [0, np.nan, 1], [np.nan, np.nan, np.nan]])
+    g = finding_groups(labels)
+    assert g.tolist() == [1, 3, 4, 0]  # bit f set where finding f is positive; 0, -1 and missing are not
+    # a finding on every representative image is the unit's own subject and leaves the key; one on some stays
+    assert unit_groups(g, np.array([0, 1]), 0.9).tolist() == [0, 2, 4, 0]
+    assert unit_groups(g, np.array([0, 2]), 0.9).tolist() == g.tolist()
+
+
+def test_quiet_images_of_a_dense_unit_per_group():
+    act = np.array([0.0, 0.0, 1.0, 2.0])
+    assert quiet_images(act).tolist() == [True, True, False, False]  # silent on half: the silent ones
+    dense = np.array([0.1, 0.2, 0.9, 1.0, 0.3, 0.4])
+    assert quiet_images(dense).tolist() == [True, True, False, False, True, False]  # at or below its median
+    # per group: the group that the unit follows (values 0.9, 1.0) still has a quiet image of its own
+    assert quiet_images(dense, np.array([0, 0, 1, 1, 0, 0])).tolist() == [True, True, True, False, False, False]
+
+
+def test_matched_look_alikes_name_an_unreported_shortcut_marker():
+    """A unit detects an unreported marker A that rides on finding B (labelled from the reports: 86% of the
+    marker's films carry B) and also excites a little on B alone, so it fires on every film. The text side sees
+    B more clearly; against unmatched look-alikes (the films it is quietest on, which lack B) B stands out and
+    names the unit. Matched on the report-labelled findings, B cancels and A names it."""
+    rng = np.random.default_rng(2)
+    n = 1000
+    b = np.arange(n) < 400
+    a = (np.arange(n) < 180) | ((np.arange(n) >= 400) & (np.arange(n) < 430))
+    emb = np.column_stack([0.2 * a, b, rng.normal(0, 0.3, (n, 6))]).astype(np.float32)
+    vocab = pd.DataFrame({"concept": ["a", "b", "c"], "category": ["artifact", "pulmonary", "device"],
+                          "synonyms": [[], [], []]})
+    sim = np.column_stack([0.6 * a + rng.normal(0, 0.5, n), 2 * b + rng.normal(0, 0.5, n), rng.normal(0, 1, n)])
+    act = np.where(a, 2.0, np.where(b, 1.0, 0.1)) + 0.1 * rng.random(n)
+    act = act[:, None].astype(np.float32)
+    labels = np.where(b, 1.0, np.nan)[:, None]
+    cfg = AnnotationConfig(max_images=100, contrast_neighbors=5)
+    plain = annotate_units(act, sim, vocab, cfg, embeddings=emb)
+    matched = annotate_units(act, sim, vocab, cfg, embeddings=emb, groups=finding_groups(labels))
+    assert plain.loc[0, "concept_1"] == "b"
+    assert matched.loc[0, "concept_1"] == "a" and matched.loc[0, "category"] == "artifact"
