@@ -259,17 +259,23 @@ def merge_latents(
     cfg: MergeConfig | None = None,
     alive: torch.Tensor | None = None,
     codes: torch.Tensor | sparse.spmatrix | None = None,
+    features: torch.Tensor | None = None,
 ) -> PatternSet:
     """Cluster all latents of all members by decoder direction (and, with codes, co-firing) into patterns.
 
     W_dec: (n_members, d_dict, d_out) decoder rows; alive: optional (n_members, d_dict) bool, latents that
     ever fire (dead latents carry arbitrary directions and are left out); codes: optional activations on a
     sample of inputs, (n_members, n_rows, d_dict) or sparse (n_members * d_dict, n_rows) as from
-    ``patterns.units.latent_codes``, used when ``cfg.act_threshold`` > 0.
+    ``patterns.units.latent_codes``, used when ``cfg.act_threshold`` > 0; features: optional (n_members, d_dict, f)
+    rows that the similarity is measured on instead of W_dec (e.g. the whole decoder of an ensemble trained with
+    ``input_weight``); the pattern directions always average W_dec.
     """
     cfg = cfg or MergeConfig()
     n_members, d_dict, d_out = W_dec.shape
     d = F.normalize(W_dec.detach().float().cpu().reshape(-1, d_out), dim=1)  # (M, d_out)
+    if features is not None and features.shape[:2] != W_dec.shape[:2]:
+        raise ValueError(f"features must be (n_members, d_dict, f) = {tuple(W_dec.shape[:2])} + (f,), got {tuple(features.shape)}")
+    f = d if features is None else F.normalize(features.detach().float().cpu().reshape(d.shape[0], -1), dim=1)
     member = torch.arange(n_members).repeat_interleave(d_dict)  # (M,)
     ids = torch.arange(d.shape[0])
     if alive is not None:
@@ -279,7 +285,7 @@ def merge_latents(
         return PatternSet(torch.full((n_members, d_dict), -1, dtype=torch.long), torch.zeros(0, d_out),
                           torch.zeros(0), torch.zeros(0, dtype=torch.long), cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
-    x, mem = d[ids], member[ids]
+    x, mem = f[ids], member[ids]  # what the similarity is measured on
 
     n_cells = cfg.n_cells or max(1, int(math.sqrt(len(ids))))
     n_cells = min(n_cells, max(1, len(ids)))
@@ -327,7 +333,7 @@ def merge_latents(
     latent_pattern[ids] = torch.from_numpy(new_id[comp])
     pid = latent_pattern[ids]
     ok = pid >= 0
-    sums = torch.zeros(len(kept), d_out).index_add_(0, pid[ok], x[ok])
+    sums = torch.zeros(len(kept), d_out).index_add_(0, pid[ok], d[ids][ok])
     counts = torch.from_numpy(sizes[kept]).long()
     return PatternSet(
         latent_pattern=latent_pattern.reshape(n_members, d_dict),

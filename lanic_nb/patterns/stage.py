@@ -43,7 +43,7 @@ from lanic_nb.patterns.units import (
 )
 from lanic_nb.rundir import RunDir, record_metrics
 from lanic_nb.transcoder.model import TranscoderEnsemble
-from lanic_nb.transcoder.stage import hidden_targets
+from lanic_nb.transcoder.stage import hidden_targets, merge_features
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,8 @@ def run_patterns(run_dir: str | Path, config: PatternsConfig | None = None) -> P
     # Merge: dead latents carry arbitrary directions, so only the alive ones; pairs must also co-fire.
     alive = latent_alive(ens, inp.x)
     codes = latent_codes(ens, inp.x, n_rows=cfg.act_rows)  # sparse (n_members * d_dict, act_rows)
-    ps = merge_latents(ens.W_dec, cfg.merge_config(), alive=alive, codes=codes)
+    ps = merge_latents(ens.W_dec, cfg.merge_config(), alive=alive, codes=codes,
+                       features=merge_features(rd.transcoders, ens))
     ps.save(rd.patterns)
     log.info("alive latents: %d of %d; patterns kept: %d", int(alive.sum()), alive.numel(), ps.n_patterns)
 

@@ -1,6 +1,7 @@
 """The transcoder stage of a run: train the ensemble on the classifier, write it and its metrics, plot.
 
 Reads ``classifier/`` and the embedding store; writes ``transcoders/ensemble.safetensors``, ``config.json``,
+``input_decoder.safetensors`` (with ``input_weight``: the decoder's input part, which the merge compares),
 ``metrics.parquet`` (one row per member, on the test split), ``train_log.csv`` and ``checkpoints/``.
 The model code is in ``lanic_nb.transcoder.model``; this module only connects it to the run directory.
 """
@@ -18,7 +19,7 @@ import torch
 
 from lanic_nb.classify import DiagnosticClassifier, load_classifier, load_stage_data
 from lanic_nb.device import pick_device, seed_everything
-from lanic_nb.io import write_table
+from lanic_nb.io import read_tensors, write_table, write_tensors
 from lanic_nb.rundir import RunDir, record_metrics
 from lanic_nb.transcoder.config import TranscoderConfig
 from lanic_nb.transcoder.metrics import ensemble_metrics
@@ -112,9 +113,38 @@ def fit_transcoder_stage(
                                 resume=resume)
     metrics = ensemble_metrics(model, classifier, data.X[te], None, data.Y[te])
     model.save(rd.transcoders)
+    save_input_decoder(rd.transcoders, getattr(model, "input_decoder", None))
     write_table(rd.transcoders / "metrics.parquet", metrics)
     write_table(rd.transcoders / "train_log.csv", log)
     return model, log, metrics
+
+
+INPUT_DECODER = "input_decoder.safetensors"
+"""The decoder's input part of an ensemble trained with ``input_weight`` (W_dec_input, (n_members, d_dict, d_in)):
+beside the saved x -> h transcoder, read by the pattern merge."""
+
+
+def save_input_decoder(folder: str | Path, w: torch.Tensor | None) -> None:
+    """Write (or, for an ensemble trained without ``input_weight``, remove a stale) ``INPUT_DECODER``."""
+    path = Path(folder) / INPUT_DECODER
+    if w is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_tensors(path, {"W_dec_input": w.detach().cpu().contiguous()})
+
+
+def merge_features(folder: str | Path, ensemble: TranscoderEnsemble) -> torch.Tensor:
+    """What the pattern merge compares latents by: each latent's whole trained decoder row [h part, input part]
+    when the ensemble was trained with ``input_weight`` (``INPUT_DECODER``), else its decoder row in h
+    (n_members, d_dict, d_out [+ d_in])."""
+    path = Path(folder) / INPUT_DECODER
+    w = ensemble.W_dec.detach().cpu()
+    if not path.exists():
+        return w
+    w_in = read_tensors(path)["W_dec_input"]
+    if w_in.shape[:2] != w.shape[:2]:
+        raise ValueError(f"{path} holds {tuple(w_in.shape[:2])} latents, the ensemble {tuple(w.shape[:2])}: rerun 03")
+    return torch.cat([w, w_in], dim=-1)
 
 
 def summarize(metrics: pd.DataFrame) -> dict:

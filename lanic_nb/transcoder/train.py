@@ -133,7 +133,11 @@ def train_ensemble(
     if cfg.input_weight > 0:  # train on [h, x * scale] and keep the h part (TranscoderConfig.input_weight)
         wide, H = widened_target(cfg, X, H)
         model, log_df = _fit(wide, X, H, device, checkpoint_dir, resume, progress)
-        return model.keep_outputs(cfg), log_df
+        kept = model.keep_outputs(cfg)
+        # The decoder's input part is no part of the transcoder, but it tells latents apart where their h
+        # directions are alike (faint devices): the merge reads it (``INPUT_DECODER``).
+        kept.input_decoder = model.W_dec.detach()[..., cfg.d_out :].clone()  # (n_members, d_dict, d_in)
+        return kept, log_df
     return _fit(cfg, X, H, device, checkpoint_dir, resume, progress)
 
 

@@ -214,3 +214,25 @@ def test_baseline_units_are_one_members_codes_and_both_signs_of_the_embedding():
     units = baseline_units(ens, x, member=1)
     assert np.allclose(units["single transcoder"], ens.encode(x)[1].detach().numpy(), atol=1e-6)
     assert np.array_equal(units["embedding dims"], np.concatenate([x.numpy(), -x.numpy()], axis=1))
+
+
+def test_merge_on_features_separates_what_w_dec_confuses():
+    """Two features with the same decoder direction in h (faint devices) but different input parts: merged by W_dec
+    alone the patterns mix them (one latent per member each, either feature); merged on the whole rows (``features``)
+    each pattern is one feature, and the directions still average W_dec."""
+    g = torch.Generator().manual_seed(0)
+    n_members, d_out, d_in = 6, 16, 24
+    shared = F.normalize(torch.randn(d_out, generator=g), dim=0)
+    parts = F.normalize(torch.randn(2, d_in, generator=g), dim=1)
+    W = shared.expand(n_members, 2, d_out) + 0.05 * torch.randn(n_members, 2, d_out, generator=g)
+    feats = torch.cat([W, parts.expand(n_members, 2, d_in) + 0.05 * torch.randn(n_members, 2, d_in, generator=g)], -1)
+    cfg = MergeConfig(sim_threshold=0.8, min_consistency=0.5, act_threshold=0.0)
+    one = merge_latents(W, cfg)
+    two = merge_latents(W, cfg, features=feats)
+    lp1, lp2 = one.latent_pattern, two.latent_pattern
+    assert not ((lp1[:, 0] == lp1[0, 0]).all() and (lp1[:, 1] == lp1[0, 1]).all())  # mixed
+    assert two.n_patterns == 2 and (lp2[:, 0] == lp2[0, 0]).all() and (lp2[:, 1] == lp2[0, 1]).all()
+    assert lp2[0, 0] != lp2[0, 1]
+    assert two.directions.shape == (2, d_out) and (two.directions @ shared > 0.99).all()
+    with pytest.raises(ValueError, match="features"):
+        merge_latents(W, cfg, features=feats[:, :1])

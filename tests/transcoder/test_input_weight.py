@@ -64,3 +64,23 @@ def test_input_weight_gives_directions_h_ignores_latents_of_their_own():
         assert (fvu < 0.1).all()  # h is still reconstructed either way
     # Measured: mean best correlation 0.79 with input_weight, 0.30 without.
     assert best[1.0].mean() > 0.65 and best[0.0].mean() < 0.45, best
+
+
+def test_input_decoder_is_the_rest_of_each_trained_decoder_row(tmp_path):
+    """With input_weight the returned transcoder keeps the decoder's input part beside it: [W_dec, input part] is
+    the trained (unit-norm) decoder row; the stage writes it for the merge, and removes a stale one without it."""
+    from lanic_nb.transcoder.stage import INPUT_DECODER, merge_features, save_input_decoder
+
+    X, H, _ = _data(n=400)
+    cfg = TranscoderConfig(d_in=16, d_out=12, d_dict=16, k=3, n_members=2, steps=20, batch_size=64, input_weight=1.0)
+    model, _ = train_ensemble(cfg, X, H, progress=False)
+    assert model.input_decoder.shape == (2, 16, 16)
+    rows = torch.cat([model.W_dec.detach(), model.input_decoder], -1)
+    torch.testing.assert_close(rows.norm(dim=-1), torch.ones(2, 16))
+    assert merge_features(tmp_path, model).shape == (2, 16, 12)  # nothing written yet: the h rows
+    save_input_decoder(tmp_path, model.input_decoder)
+    torch.testing.assert_close(merge_features(tmp_path, model), rows)
+    save_input_decoder(tmp_path, None)
+    assert not (tmp_path / INPUT_DECODER).exists()
+    plain, _ = train_ensemble(TranscoderConfig(**{**cfg.to_dict(), "input_weight": 0.0}), X, H, progress=False)
+    assert not hasattr(plain, "input_decoder")
