@@ -55,8 +55,8 @@ class AnnotationConfig:
     Not in MAMMI; with the small phantom CLIP it raised category agreement with the planted truth (0.19 -> 0.34)."""
     contrast_neighbors: int = 0
     """Contrast (0: off, as MAMMI): score a concept by how much more the representative images show it than
-    their ``contrast_neighbors`` nearest images (by embedding) on which the unit is quiet (``quiet_images``). What co-occurs
-    with the unit's concept (tubes with a portable film) is shared by those look-alikes and cancels; what
+    their ``contrast_neighbors`` nearest images (by embedding) on which the unit is quiet (``quiet_images``). What
+    co-occurs with the unit's concept (tubes with a portable film) is shared by those look-alikes and cancels; what
     the unit detects does not. Needs the image embeddings."""
     own_share: float = 0.9
     """With finding groups: a finding carried by at least this share of a unit's representative images is the
@@ -160,7 +160,9 @@ def finding_groups(labels: np.ndarray) -> np.ndarray:
     uncertain and NaN missing all count as not positive). The labels come from the reports (a labeler), never
     from a planted truth."""
     pos = np.nan_to_num(np.asarray(labels, dtype=np.float64), nan=0.0) == 1
-    return (pos * (1 << np.arange(pos.shape[1], dtype=np.int64))).sum(axis=1) if pos.size else np.zeros(len(pos), np.int64)
+    if not pos.size:
+        return np.zeros(len(pos), np.int64)
+    return (pos * (1 << np.arange(pos.shape[1], dtype=np.int64))).sum(axis=1)
 
 
 def unit_groups(groups: np.ndarray, rep: np.ndarray, own_share: float) -> np.ndarray:
@@ -185,10 +187,11 @@ def quiet_images(act: np.ndarray, groups: np.ndarray | None = None) -> np.ndarra
     be look-alikes of nothing. With ``groups``, such a unit's median in each group: one that also follows a
     finding still has quiet images among that finding's films."""
     act = np.asarray(act)
-    if len(act) == 0 or float(np.median(act)) <= 0:
+    median = float(np.median(act)) if len(act) else 0.0
+    if median <= 0:
         return act <= 0
     if groups is None:
-        return act <= float(np.median(act))
+        return act <= median
     groups = np.asarray(groups)
     quiet = np.zeros(len(act), bool)
     for g in np.unique(groups):
@@ -207,10 +210,11 @@ def silent_neighbors(embeddings: np.ndarray, rep: np.ndarray, silent: np.ndarray
     e = embeddings / (np.linalg.norm(embeddings, axis=1, keepdims=True) + 1e-12)
     k = min(k, len(cand))
     out = np.empty((len(rep), k), np.int64)
-    keys = np.zeros(len(rep), np.int64) if groups is None else np.asarray(groups)[rep]
+    groups = None if groups is None else np.asarray(groups)
+    keys = np.zeros(len(rep), np.int64) if groups is None else groups[rep]
     for key in np.unique(keys):
         at = np.flatnonzero(keys == key)
-        pool = cand if groups is None else cand[np.asarray(groups)[cand] == key]
+        pool = cand if groups is None else cand[groups[cand] == key]
         if len(pool) < k:
             pool = cand
         sims = e[rep[at]] @ e[pool].T  # (len(at), len(pool))

@@ -274,7 +274,8 @@ def merge_latents(
     n_members, d_dict, d_out = W_dec.shape
     d = F.normalize(W_dec.detach().float().cpu().reshape(-1, d_out), dim=1)  # (M, d_out)
     if features is not None and features.shape[:2] != W_dec.shape[:2]:
-        raise ValueError(f"features must be (n_members, d_dict, f) = {tuple(W_dec.shape[:2])} + (f,), got {tuple(features.shape)}")
+        raise ValueError(f"features must be (n_members, d_dict, f) = {tuple(W_dec.shape[:2])} + (f,), "
+                         f"got {tuple(features.shape)}")
     f = d if features is None else F.normalize(features.detach().float().cpu().reshape(d.shape[0], -1), dim=1)
     member = torch.arange(n_members).repeat_interleave(d_dict)  # (M,)
     ids = torch.arange(d.shape[0])

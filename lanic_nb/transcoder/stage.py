@@ -143,7 +143,8 @@ def merge_features(folder: str | Path, ensemble: TranscoderEnsemble) -> torch.Te
         return w
     w_in = read_tensors(path)["W_dec_input"]
     if w_in.shape[:2] != w.shape[:2]:
-        raise ValueError(f"{path} holds {tuple(w_in.shape[:2])} latents, the ensemble {tuple(w.shape[:2])}: rerun 03")
+        raise ValueError(f"{path} holds {tuple(w_in.shape[:2])} latents, the ensemble {tuple(w.shape[:2])}: "
+                         "rerun 03")
     return torch.cat([w, w_in], dim=-1)
 
 
