@@ -42,6 +42,8 @@ from lanic_nb.transcoder.model import TranscoderEnsemble
 from lanic_nb.transcoder.train import make_optimizer, train_step
 
 OURS = "lanic-nb (batched)"
+BF16 = "bf16 encoder product"
+AUTOCAST = "bf16 autocast"
 
 
 @dataclass(frozen=True)
@@ -109,11 +111,13 @@ def fvu(pred: torch.Tensor, target: torch.Tensor) -> float:
 class Ours:
     """lanic-nb's ensemble, its own data-based init, then the library's ``train_step`` for all members at once."""
 
-    def __init__(self, sh: Shapes, data: Data, lr: float, seed: int, device: torch.device, transcoder: bool):
+    def __init__(self, sh: Shapes, data: Data, lr: float, seed: int, device: torch.device, transcoder: bool,
+                 precision: str = "float32"):
         self.transcoder = transcoder
         Y = data.H if transcoder else data.X
         cfg = TranscoderConfig(d_in=sh.d, d_out=Y.shape[1], d_dict=sh.d_dict, k=sh.k, n_members=sh.members,
-                               batch_size=sh.batch, steps=sh.steps, lr=lr, warmup_steps=0, seed=seed)
+                               batch_size=sh.batch, steps=sh.steps, lr=lr, warmup_steps=0, seed=seed,
+                               encoder_precision=precision)
         self.model = TranscoderEnsemble(cfg).to(device)
         n = sh.members
         self.model.init_biases(data.X.mean(0).expand(n, -1), Y.mean(0).expand(n, -1))
@@ -121,10 +125,12 @@ class Ours:
         self.opt = make_optimizer(self.model)
         self.model.train()
         self.name = f"lanic-nb transcoder {sh.d}->{Y.shape[1]}" if transcoder else OURS
+        if precision != "float32":
+            self.name = f"{OURS[:-1]}, {BF16})"
 
     def step(self, step: int, data: Data, rows: torch.Tensor) -> None:
-        y = data.H if self.transcoder else data.X
-        train_step(self.model, self.opt, data.X[rows], y[rows])  # (members, batch, d)
+        x = data.X[rows]  # (members, batch, d)
+        train_step(self.model, self.opt, x, data.H[rows] if self.transcoder else x)  # an SAE's target is its input
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,8 +156,10 @@ class Peer:
 class Loop:
     """A plain Python loop over the members, each with its own model and optimizer (what a user would write)."""
 
-    def __init__(self, peer: Peer, sh: Shapes, lr: float, seed: int, device: torch.device):
-        self.peer, self.name = peer, peer.name
+    def __init__(self, peer: Peer, sh: Shapes, lr: float, seed: int, device: torch.device, autocast: bool = False):
+        self.peer, self.name, self.autocast, self.device = peer, peer.name, autocast, device
+        if autocast:  # what a user of the library can switch on: torch's mixed precision around its steps
+            self.name = f"{peer.name}, {AUTOCAST}"
         self.models = []
         for i in range(sh.members):
             torch.manual_seed(seed + i)
@@ -159,6 +167,10 @@ class Loop:
         self.opts = [torch.optim.Adam(m.parameters(), lr=lr, fused=True) for m in self.models]
 
     def step(self, step: int, data: Data, rows: torch.Tensor) -> None:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            self._step(step, data, rows)
+
+    def _step(self, step: int, data: Data, rows: torch.Tensor) -> None:
         for i, (m, opt) in enumerate(zip(self.models, self.opts, strict=True)):
             x = data.X[rows[i]]  # (batch, d)
             if step == 0:
@@ -269,25 +281,39 @@ class Result:
     fvu: float  # after sh.steps steps (of its own target: the transcoder's is h, the others' x)
     fvu_eq: float | None = None  # after the steps it completes in lanic-nb's time for the run
     steps_eq: int | None = None
-    peer: bool = False
+    kind: str = "ours"  # "ours", "peer" (its own float32 default), "peer bf16" (under autocast), "transcoder"
+
+    @property
+    def peer(self) -> bool:
+        return self.kind == "peer"
 
 
 def compare(sh: Shapes, lr: float, seed: int, device: torch.device, which: list[str], verbose: bool = False,
-            equal_time: bool = True) -> list[Result]:
-    """Every library trained on the same data and batches, timed interleaved; lanic-nb first."""
+            equal_time: bool = True, bf16: bool = True) -> list[Result]:
+    """Every library trained on the same data and batches, timed interleaved; lanic-nb first. With ``bf16`` also
+    lanic-nb with ``encoder_precision="bfloat16"`` and every peer's loop under torch's bfloat16 autocast.
+    Equal time means the time of lanic-nb's fastest row."""
     data = make_data(sh, seed, device)
-    loops = [Loop(p, sh, lr, seed, device) for p in peers(sh, device, which)]
+    found = peers(sh, device, which)
+    loops = [Loop(p, sh, lr, seed, device) for p in found]
+    cast = [Loop(p, sh, lr, seed, device, autocast=True) for p in found] if bf16 else []
+    ours = [Ours(sh, data, lr, seed, device, transcoder=False)]
+    if bf16:
+        ours.append(Ours(sh, data, lr, seed, device, transcoder=False, precision="bfloat16"))
     tc = Ours(sh, data, lr, seed, device, transcoder=True)
-    trainers = [Ours(sh, data, lr, seed, device, transcoder=False), *loops, tc]
+    trainers = [*ours, *loops, *cast, tc]
     ms = interleaved(trainers, data, sh, device, verbose)
+    kinds = {id(t): "ours" for t in ours} | {id(t): "peer" for t in loops} | {id(t): "peer bf16" for t in cast}
     res = [Result(t.name, ms[t.name], fvu(t.predict(data.X_eval), data.H_eval if t is tc else data.X_eval),
-                  peer=t in loops) for t in trainers]
-    res[0].fvu_eq, res[0].steps_eq = res[0].fvu, sh.steps
-    for r, t in zip(res[1:-1], loops, strict=True):
-        if not equal_time:
+                  kind=kinds.get(id(t), "transcoder")) for t in trainers]
+    best = min((r for r in res if r.kind == "ours"), key=lambda r: r.ms)
+    for r, t in zip(res, trainers, strict=True):
+        if r.kind == "ours":
+            r.fvu_eq, r.steps_eq = (r.fvu, sh.steps) if r is best else (None, None)
+        if r.kind != "peer" or not equal_time:
             continue
         # The steps this loop completes in lanic-nb's time for the whole run, retrained from the same init.
-        r.steps_eq = max(1, round(sh.steps * res[0].ms / r.ms))
+        r.steps_eq = max(1, round(sh.steps * best.ms / r.ms))
         if r.steps_eq == sh.steps:
             r.fvu_eq = r.fvu
         else:
@@ -297,23 +323,30 @@ def compare(sh: Shapes, lr: float, seed: int, device: torch.device, which: list[
     return res
 
 
-def fastest_peer(res: list[Result]) -> float:
-    return min((r.ms for r in res if r.peer), default=float("nan"))
+def fastest_peer(res: list[Result], kinds: tuple[str, ...] = ("peer",)) -> float:
+    """ms per member-step of the fastest peer loop (by default at its own float32 defaults)."""
+    return min((r.ms for r in res if r.kind in kinds), default=float("nan"))
+
+
+def ours(res: list[Result], precision: str | None = None) -> Result:
+    """lanic-nb's fastest SAE row, or its row at one precision."""
+    rows = [r for r in res if r.kind == "ours" and (precision is None or (BF16 in r.name) == (precision != "float32"))]
+    return min(rows, key=lambda r: r.ms)
 
 
 def table(sh: Shapes, lr: float, res: list[Result]) -> list[str]:
     fastest = fastest_peer(res)
     rows = [f"{sh.name}: d {sh.d}, {sh.d_dict} latents, k {sh.k}, batch {sh.batch}, N={sh.members}, "
             f"{sh.steps} steps, Adam lr {lr:g}",
-            f"  {'library':34s} {'ms/member-step':>14s} {'vs fastest peer':>16s} {'FVU equal steps':>16s} "
+            f"  {'library':48s} {'ms/member-step':>14s} {'vs fastest peer':>16s} {'FVU equal steps':>16s} "
             f"{'FVU equal time (steps)':>23s}"]
     for r in res:
         ratio = fastest / r.ms
         rel = ("fastest peer" if r.peer and r.ms == fastest else
                f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower")
         eq = (f"{r.fvu_eq:.3f} ({r.steps_eq})" if r.fvu_eq is not None else
-              "(task: h, not x)" if not r.peer and r.name != OURS else "-")
-        rows.append(f"  {r.name:34s} {r.ms:14.2f} {rel:>16s} {r.fvu:16.3f} {eq:>23s}")
+              "(task: h, not x)" if r.kind == "transcoder" else "-")
+        rows.append(f"  {r.name:48s} {r.ms:14.2f} {rel:>16s} {r.fvu:16.3f} {eq:>23s}")
     return rows
 
 
@@ -329,6 +362,7 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=0, help="override N for every shape (0: the shape's own)")
     ap.add_argument("--steps", type=int, default=0, help="override the steps for every shape (0: the shape's own)")
     ap.add_argument("--verbose", action="store_true", help="print every timed chunk to stderr as it ends")
+    ap.add_argument("--no-bf16", action="store_true", help="leave out the bfloat16 rows (ours and the peers' autocast)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -340,18 +374,33 @@ def main() -> None:
     print(f"peers bench on {device}; 1-min load average at start {load0:.1f} (this process uses "
           f"{args.threads} threads; a load above that means other work shares the cores); freed memory kept for "
           f"reuse by every library: {kept} (lanic_nb.device.keep_freed_memory)", flush=True)
-    ratios = {}
+    ratios: dict[str, dict[str, float]] = {"f32": {}, "bf16": {}, "best": {}}
+    label: dict[str, str] = {}
     for key in args.shapes:
         sh = SHAPES[key]
         if args.members:
             sh = replace(sh, members=args.members)
         if args.steps:
             sh = replace(sh, steps=args.steps, chunks=min(sh.chunks, args.steps))
-        res = compare(sh, args.lr, args.seed, device, args.peers, args.verbose)
+        res = compare(sh, args.lr, args.seed, device, args.peers, args.verbose, bf16=not args.no_bf16)
         print("\n".join(table(sh, args.lr, res)), flush=True)
-        ratios[sh.name] = fastest_peer(res) / res[0].ms
+        ratios["f32"][sh.name] = fastest_peer(res) / ours(res, "float32").ms
+        if not args.no_bf16:
+            ratios["bf16"][sh.name] = fastest_peer(res, ("peer", "peer bf16")) / ours(res, "bfloat16").ms
+        best = ours(res)
+        ratios["best"][sh.name] = fastest_peer(res) / best.ms
+        label[sh.name] = "bf16 encoder product" if BF16 in best.name else "float32"
     print(f"1-min load average at end {os.getloadavg()[0]:.1f}; {time.perf_counter() - t_start:.0f} s in all")
-    print("lanic-nb vs fastest peer: " + ", ".join(f"{name} {r:.2f}x" for name, r in ratios.items()))
+
+    def line(r: dict[str, float]) -> str:
+        return ", ".join(f"{name} {v:.2f}x" for name, v in r.items())
+
+    print(f"all in float32 (lanic-nb and the peers' defaults): {line(ratios['f32'])}")
+    if ratios["bf16"]:
+        print(f"all with bf16 products (lanic-nb's bf16 encoder product vs the fastest peer loop with or without "
+              f"autocast): {line(ratios['bf16'])}")
+    print("lanic-nb's fastest row: " + ", ".join(f"{k} {v}" for k, v in label.items()) + "; peers at their defaults")
+    print("lanic-nb vs fastest peer: " + line(ratios["best"]))
 
 
 if __name__ == "__main__":

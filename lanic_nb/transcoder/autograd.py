@@ -9,6 +9,8 @@ import logging
 
 import torch
 
+from lanic_nb.transcoder.config import PRECISIONS
+
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +48,40 @@ class _Step(torch.autograd.Function):
         bw = ctx.bandwidth
         near = ((pre - theta).abs() < bw / 2).to(grad.dtype)
         return None, (-(1.0 / bw) * near * grad).sum(dim=1, keepdim=True), None
+
+
+def encoder_product(xc: torch.Tensor, w_enc: torch.Tensor, precision: str = "float32") -> torch.Tensor:
+    """xc (n_members, batch, d_in) times W_enc (n_members, d_dict, d_in) transposed  # (n_members, batch, d_dict),
+    float32. In "bfloat16" both factors are rounded to bfloat16 for the product (float32 accumulation inside), whose
+    bfloat16 result is returned as float32 (a relative rounding of at most 2^-8); only the forward is rounded: the gradients (``_RoundedProduct``) are the exact float32
+    ones of the product, as the sparse step's own backward (``sparse._GatherPre``) computes them."""
+    if precision == "float32":
+        return torch.bmm(xc, w_enc.transpose(1, 2))
+    if precision != "bfloat16":
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if torch.is_grad_enabled() and (xc.requires_grad or w_enc.requires_grad):
+        return _RoundedProduct.apply(xc, w_enc)
+    return _rounded_product(xc, w_enc)
+
+
+def _rounded_product(xc: torch.Tensor, w_enc: torch.Tensor) -> torch.Tensor:
+    return torch.bmm(xc.to(torch.bfloat16), w_enc.to(torch.bfloat16).transpose(1, 2)).float()
+
+
+class _RoundedProduct(torch.autograd.Function):
+    """The encoder product rounded to bfloat16 in the forward, with the float32 product's gradients."""
+
+    @staticmethod
+    def forward(ctx, xc, w_enc):
+        ctx.save_for_backward(xc, w_enc)
+        return _rounded_product(xc, w_enc)
+
+    @staticmethod
+    def backward(ctx, g):  # g (n_members, batch, d_dict)
+        xc, w_enc = ctx.saved_tensors
+        g_x = torch.bmm(g, w_enc) if ctx.needs_input_grad[0] else None
+        g_w = torch.bmm(g.transpose(1, 2), xc) if ctx.needs_input_grad[1] else None
+        return g_x, g_w
 
 
 def _flat_latents(idx: torch.Tensor, d_dict: int) -> torch.Tensor:

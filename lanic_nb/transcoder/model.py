@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
-from lanic_nb.transcoder.autograd import _aux_error, _dead_topk, _JumpReLU, _Step
+from lanic_nb.transcoder.autograd import _aux_error, _dead_topk, _JumpReLU, _Step, encoder_product
 from lanic_nb.transcoder.config import W_ENC_LAYOUT, TranscoderConfig, TranscoderOutput
 from lanic_nb.transcoder.sparse import _GatherPre, _SparseDecode, choose
 
@@ -96,9 +96,15 @@ class TranscoderEnsemble(nn.Module):
         return x.unsqueeze(0).expand(self.cfg.n_members, -1, -1) if x.dim() == 2 else x
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._x3(x)  # (n_members, batch, d_in)
-        return self._masked(torch.baddbmm(self.b_enc.unsqueeze(1), x - self.b_pre.unsqueeze(1),
-                                          self.W_enc.transpose(1, 2)))
+        xc = self._x3(x) - self.b_pre.unsqueeze(1)  # (n_members, batch, d_in)
+        if self._rounded:
+            return self._masked(encoder_product(xc, self.W_enc, "bfloat16") + self.b_enc.unsqueeze(1))
+        return self._masked(torch.baddbmm(self.b_enc.unsqueeze(1), xc, self.W_enc.transpose(1, 2)))
+
+    @property
+    def _rounded(self) -> bool:
+        """The encoder's forward product in bfloat16 (``encoder_precision``; training only)."""
+        return self.training and self.cfg.encoder_precision == "bfloat16"
 
     def _masked(self, pre: torch.Tensor) -> torch.Tensor:
         """Latents beyond a member's dict size can never fire  # (n_members, batch, d_dict)."""
@@ -211,7 +217,10 @@ class TranscoderEnsemble(nn.Module):
         backward = torch.is_grad_enabled()
         with torch.no_grad():
             xc = x3 - self.b_pre.unsqueeze(1)  # (n_members, batch, d_in), kept for W_enc's gradient
-            pre = self._masked(torch.baddbmm(self.b_enc.unsqueeze(1), xc, self.W_enc.transpose(1, 2)))
+            if self._rounded:
+                pre = self._masked(encoder_product(xc, self.W_enc, "bfloat16").add_(self.b_enc.unsqueeze(1)))
+            else:
+                pre = self._masked(torch.baddbmm(self.b_enc.unsqueeze(1), xc, self.W_enc.transpose(1, 2)))
             if cfg.activation == "topk":
                 idx, keep = pre.topk(cfg.k, dim=-1, sorted=False).indices, None  # (n_members, batch, k)
             else:  # batchtopk: a varying number per row, padded to the most any row holds (keep marks the real ones)

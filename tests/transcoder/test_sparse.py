@@ -49,14 +49,16 @@ def dots_path(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("dict_sizes,dead_every,shared_x", [
-    (None, 3, False),  # aux-k on, 13-14 dead latents > aux_k: a top-k among them
-    (None, None, True),  # aux-k off (nothing dead), x shared by all members
-    ([24, 40, 40], 2, False),  # masked dictionaries; aux_k 8 < dead count
-    ([24, 40, 40], 9, False),  # few dead latents: every one fits, padding choices count as zero
+@pytest.mark.parametrize("dict_sizes,dead_every,shared_x,precision", [
+    (None, 3, False, "float32"),  # aux-k on, 13-14 dead latents > aux_k: a top-k among them
+    (None, None, True, "float32"),  # aux-k off (nothing dead), x shared by all members
+    ([24, 40, 40], 2, False, "float32"),  # masked dictionaries; aux_k 8 < dead count
+    ([24, 40, 40], 9, False, "float32"),  # few dead latents: every one fits, padding choices count as zero
+    (None, 3, False, "bfloat16"),  # the encoder's forward product rounded (encoder_precision), both paths
+    ([24, 40, 40], 2, True, "bfloat16"),
 ])
-def test_sparse_step_matches_dense(dots_path, dict_sizes, dead_every, shared_x):
-    c = cfg(dict_sizes=dict_sizes)
+def test_sparse_step_matches_dense(dots_path, dict_sizes, dead_every, shared_x, precision):
+    c = cfg(dict_sizes=dict_sizes, encoder_precision=precision)
     fast, ref = pair(c, dead_every)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(16, 12, generator=g) if shared_x else torch.randn(3, 16, 12, generator=g)
@@ -71,11 +73,12 @@ def test_sparse_step_matches_dense(dots_path, dict_sizes, dead_every, shared_x):
         torch.testing.assert_close(p.grad, q.grad, **TOL, msg=name)
 
 
-@pytest.mark.parametrize("dict_sizes,dead_every", [(None, 3), (None, None), ([24, 40, 40], 2)])
-def test_sparse_batchtopk_step_matches_dense(dots_path, dict_sizes, dead_every):
+@pytest.mark.parametrize("dict_sizes,dead_every,precision", [
+    (None, 3, "float32"), (None, None, "float32"), ([24, 40, 40], 2, "float32"), (None, 3, "bfloat16")])
+def test_sparse_batchtopk_step_matches_dense(dots_path, dict_sizes, dead_every, precision):
     """BatchTopK through per-row choices (a varying number per row, padded): the dense path's values, gradients
     and inference threshold."""
-    c = cfg(activation="batchtopk", dict_sizes=dict_sizes)
+    c = cfg(activation="batchtopk", dict_sizes=dict_sizes, encoder_precision=precision)
     fast, ref = pair(c, dead_every)
     assert fast._sparse and not ref._sparse
     g = torch.Generator().manual_seed(4)
@@ -106,11 +109,12 @@ def test_sparse_batchtopk_training_matches_dense(dots_path):
         torch.testing.assert_close(t, b.state_dict()[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_sparse_sae_training_matches_dense(dots_path):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_sparse_sae_training_matches_dense(dots_path, precision):
     """A few training steps of a tied top-k SAE, aux-k switching on midway: the same weights either way."""
     g = torch.Generator().manual_seed(3)
     X = torch.nn.functional.normalize(torch.randn(200, 12, generator=g), dim=1)
-    c = cfg(d_out=12, steps=10)
+    c = cfg(d_out=12, steps=10, encoder_precision=precision)
     a, _ = train_ensemble(c, X, X, progress=False)
     b, _ = train_ensemble(TranscoderConfig.from_dict({**c.to_dict(), "sparse_topk": False}), X, X, progress=False)
     for name, t in a.state_dict().items():
