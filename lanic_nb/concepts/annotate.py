@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from lanic_nb.concepts.mining import split_sentences
-from lanic_nb.concepts.vocabulary import normalize_name
+from lanic_nb.concepts.vocabulary import name_alternatives, normalize_name
 from lanic_nb.embed.encoders import LOCAL_PREFIX, load_encoder
 
 TEMPLATE = "A chest x-ray image of a {}"
@@ -61,6 +61,12 @@ class AnnotationConfig:
     own_share: float = 0.9
     """With finding groups: a finding carried by at least this share of a unit's representative images is the
     unit's subject, not a context to match (``unit_groups``)."""
+    finding_level: bool = True
+    """Name a unit at the level of a finding when the scores allow: if the best concept is a qualified variant
+    ("large pleural effusion") or a bare head word ("tube", "artifact") and a concept of the finding's level that
+    it stands for (``vocabulary.name_alternatives``) scores within ``beta`` of it, that concept is concept_1. On the
+    phantoms it named pleural effusion patterns "pleural effusion" instead of "large pleural effusion" and the grid
+    lines' pattern "grid lines" instead of "artifact"."""
     report_weight: float = 0.0
     """With contrast and the reports' mentions given: add, per representative image, this weight times how much
     more often its report mentions the concept than its look-alikes' reports (a share difference in [-1, 1]),
@@ -249,6 +255,7 @@ def annotate_units(
         sim = sim / (sim.std(axis=0, keepdims=True) + 1e-6)
     concepts = vocab["concept"].to_numpy()
     cats = vocab["category"].to_numpy()
+    alternatives = name_alternatives(vocab) if cfg.finding_level else []
     rows = []
     for u in range(act.shape[1]):
         rep = representative_images(act[:, u], cfg)
@@ -268,6 +275,8 @@ def annotate_units(
                     score = score + cfg.report_weight * len(rep) * told
         order = np.argsort(-score, kind="stable")
         best = float(score[order[0]])
+        if cfg.finding_level:
+            order = _finding_level_first(order, score, alternatives, _adaptive(best, cfg.beta))
         for r in range(cfg.n_top):
             row[f"concept_{r + 1}"] = concepts[order[r]] if r < len(order) else ""
             row[f"score_{r + 1}"] = float(score[order[r]]) / len(rep) if r < len(order) else np.nan
@@ -282,6 +291,17 @@ def annotate_units(
     columns = ["unit", "n_images", *(f"{k}_{r + 1}" for r in range(cfg.n_top) for k in ("concept", "score")),
                "n_kept", "category", "category_confidence"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _finding_level_first(order: np.ndarray, score: np.ndarray, alternatives: list[list[int]],
+                         floor: float) -> np.ndarray:
+    """The ranking with the best concept's finding-level alternative (``name_alternatives``) first, when one scores
+    at least ``floor`` (the adaptive beta threshold: a tie the scores cannot break)."""
+    alt = [j for j in alternatives[order[0]] if score[j] >= floor]
+    if not alt:
+        return order
+    pick = max(alt, key=lambda j: score[j])
+    return np.concatenate([[pick], order[order != pick]])
 
 
 def _adaptive(best: float, beta: float) -> float:

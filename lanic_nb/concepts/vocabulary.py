@@ -11,6 +11,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 CATEGORIES: tuple[str, ...] = ("cardiac", "pulmonary", "pleural", "structural", "device", "artifact")
@@ -124,3 +125,43 @@ def extend_vocabulary(vocab: pd.DataFrame, phrases: pd.DataFrame, max_new: int =
         rows.append({"concept": phrase, "category": infer_category(phrase, vocab), "synonyms": [], "mined": True})
     out = vocab.assign(synonyms=syns, mined=False)
     return pd.concat([out, pd.DataFrame(rows, columns=out.columns)], ignore_index=True) if rows else out
+
+
+def name_alternatives(vocab: pd.DataFrame) -> list[list[int]]:
+    """Per concept, the concepts that name a unit in its place when they score about as well (within the
+    annotation's ``beta`` of it): names at the level of a finding, neither a qualified variant nor a bare head word.
+
+    - a qualified variant ("large pleural effusion", "bilateral pleural effusions": the name without its
+      qualifiers is another concept) -> that concept: where the scores cannot tell them apart, the unqualified
+      name is true of the images either way;
+    - a bare head word, i.e. a category's name ("artifact") or a one-word phrase mined from the reports ("tube",
+      "motion"; ``mined`` column of ``extend_vocabulary``), that ends other concepts' names or synonyms -> those
+      concepts ("tube": endotracheal tube, chest tube...; "artifact": grid lines by "grid artifact"; "motion":
+      motion blur by "patient motion"): alone it says little more than the category does. Curated one-word
+      findings ("pneumothorax", "nodule") are findings, whatever longer names end on them.
+    Every other concept gets an empty list.
+    """
+    mined = vocab["mined"].to_numpy(bool) if "mined" in vocab else np.zeros(len(vocab), bool)
+    names = [[normalize_name(n) for n in (c, *syns)] for c, syns in zip(vocab["concept"], vocab["synonyms"],
+                                                                         strict=True)]
+    owner: dict[str, int] = {}
+    for i, ns in enumerate(names):
+        for n in ns:
+            owner.setdefault(_singular(n), i)
+    heads: dict[str, list[int]] = {}  # last word (singular) of a longer name -> concepts holding such a name
+    for i, ns in enumerate(names):
+        for n in ns:
+            words = _singular(n).split()
+            if len(words) > 1 and i not in heads.setdefault(words[-1], []):
+                heads[words[-1]].append(i)
+    out: list[list[int]] = []
+    for i, ns in enumerate(names):
+        words = ns[0].split()
+        bare = [w for w in words if w not in QUALIFIERS]
+        if bare and len(bare) < len(words) and owner.get(_singular(" ".join(bare)), i) != i:
+            out.append([owner[_singular(" ".join(bare))]])
+        elif len(words) == 1 and (mined[i] or ns[0] in CATEGORIES):
+            out.append([j for j in heads.get(_singular(words[0]), []) if j != i])
+        else:
+            out.append([])
+    return out

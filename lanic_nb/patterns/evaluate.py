@@ -27,7 +27,10 @@ from lanic_nb.rundir import RunDir
 EVALUATION_CSV = "evaluation.csv"
 RECOVERY_CSV = "recovery_by_concept.csv"
 SUMMARY_KEYS = ("n_units", "n_concepts", "recovery", "n_monosemantic", "category_accuracy", "concept_accuracy",
-                "category_accuracy_best", "concept_accuracy_best", "category_agreement", "mean_best_auroc")
+                "category_accuracy_best", "concept_accuracy_best", "category_agreement", "mean_best_auroc",
+                "n_gallery_pure", "category_accuracy_gallery", "concept_accuracy_gallery")
+GALLERY_SIZE = 20
+"""Images in a unit's gallery for the gallery-purity figures (the pattern table's ``k_top``)."""
 
 
 def best_concepts(auc: np.ndarray, concepts: Sequence[str]) -> pd.DataFrame:
@@ -66,20 +69,13 @@ def summarize_units(
     """
     best = best_concepts(auc, concepts)
     ann = annotations.set_index("unit")
-    vocab_name = {c: match_concept(c, vocab) for c in concepts}
     filled = np.nan_to_num(auc, nan=0.0)
     valid = ~np.isnan(auc).all(axis=0) if len(auc) else np.ones(auc.shape[1], bool)
     best_per_concept = filled.max(axis=0) if len(filled) else np.zeros(auc.shape[1])
     recovered = (best_per_concept >= recover_at) & valid
 
     def accuracy(units: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-        if len(units) == 0:
-            return np.nan, np.nan
-        got_cat = ann.reindex(units)["category"].fillna("").to_numpy()
-        got_con = ann.reindex(units)["concept_1"].fillna("").to_numpy() if "concept_1" in ann else np.full(len(units), "")
-        cat_ok = np.array([g == categories.get(t, "") for g, t in zip(got_cat, truth, strict=True)])
-        con_ok = np.array([g == vocab_name[t] for g, t in zip(got_con, truth, strict=True)])
-        return float(cat_ok.mean()), float(con_ok.mean())
+        return name_accuracy(ann, units, truth, categories, vocab)
 
     mono = best["best_auroc"].to_numpy() >= monosemantic_at
     cat_acc, con_acc = accuracy(best["unit"].to_numpy()[mono], best["best_concept"].to_numpy()[mono])
@@ -99,6 +95,61 @@ def summarize_units(
         "category_agreement": cat_all,
         "mean_best_auroc": float(best["best_auroc"].mean()) if len(best) else np.nan,
     }
+
+
+def name_accuracy(ann: pd.DataFrame, units: np.ndarray, truth: np.ndarray, categories: dict[str, str],
+                  vocab: pd.DataFrame) -> tuple[float, float]:
+    """(category accuracy, top-1 concept accuracy) of the annotations (indexed by unit) of ``units`` against their
+    planted concepts ``truth``: the category equals the concept's, concept_1 its vocabulary entry."""
+    if len(units) == 0:
+        return np.nan, np.nan
+    got_cat = ann.reindex(units)["category"].fillna("").to_numpy()
+    got_con = ann.reindex(units)["concept_1"].fillna("").to_numpy() if "concept_1" in ann else np.full(len(units), "")
+    names = {t: match_concept(t, vocab) for t in set(truth)}
+    cat_ok = np.array([g == categories.get(t, "") for g, t in zip(got_cat, truth, strict=True)])
+    con_ok = np.array([g == names[t] for g, t in zip(got_con, truth, strict=True)])
+    return float(cat_ok.mean()), float(con_ok.mean())
+
+
+def gallery_purity(act: np.ndarray, presence: np.ndarray, concepts: Sequence[str], k: int = GALLERY_SIZE,
+                   pure_at: float = 0.9, min_lift: float = 0.5) -> pd.DataFrame:
+    """Per unit, what a reader of its gallery sees: its k most active images (those that fire; ``n_gallery``), the
+    planted concept most over-represented there (``gallery_concept``, its share ``purity``, its share of all images
+    ``prevalence``), and every concept ``pure_at`` or more of the gallery carries, at least ``min_lift`` above its
+    prevalence (``pure_concepts``; a marker on 60% of all films is on most galleries by chance). A unit can be pure
+    without detecting its concept everywhere (AUROC): a pattern of the large effusions only has a pure gallery and
+    an AUROC near 0.5 + half its recall. Confounded concepts (a shortcut marker and its finding) can both be pure."""
+    act = np.asarray(act, dtype=np.float64)
+    y = np.asarray(presence, dtype=bool)
+    prevalence = y.mean(axis=0)
+    names = np.asarray(concepts, dtype=object)
+    rows = []
+    for u in range(act.shape[1]):
+        top = np.argsort(-act[:, u], kind="stable")[:k]
+        top = top[act[top, u] > 0]
+        share = y[top].mean(axis=0) if len(top) else np.zeros(y.shape[1])
+        c = int(np.argmax(share - prevalence))
+        pure = (share >= pure_at) & (share - prevalence >= min_lift) if len(top) >= k / 2 else np.zeros(len(share), bool)
+        rows.append({"unit": u, "gallery_concept": names[c], "purity": float(share[c]), "prevalence": float(prevalence[c]),
+                     "n_gallery": len(top), "pure_concepts": list(names[pure])})
+    return pd.DataFrame(rows, columns=["unit", "gallery_concept", "purity", "prevalence", "n_gallery", "pure_concepts"])
+
+
+def summarize_galleries(gal: pd.DataFrame, categories: dict[str, str], annotations: pd.DataFrame,
+                        vocab: pd.DataFrame) -> dict[str, float]:
+    """How many units have a pure gallery (some concept in ``pure_concepts``), and on those how often the name is
+    true of the gallery: concept_1 names one of its pure concepts (top-1), the category is one of theirs."""
+    ann = annotations.set_index("unit")
+    pure = gal[gal["pure_concepts"].map(len) > 0]
+    if pure.empty:
+        return {"n_gallery_pure": 0, "category_accuracy_gallery": np.nan, "concept_accuracy_gallery": np.nan}
+    got = ann.reindex(pure["unit"].to_numpy())
+    con = got["concept_1"].fillna("").to_numpy() if "concept_1" in got else np.full(len(pure), "")
+    cat = got["category"].fillna("").to_numpy()
+    con_ok = [c in {match_concept(t, vocab) for t in ts} for c, ts in zip(con, pure["pure_concepts"], strict=True)]
+    cat_ok = [c in {categories.get(t, "") for t in ts} for c, ts in zip(cat, pure["pure_concepts"], strict=True)]
+    return {"n_gallery_pure": len(pure), "category_accuracy_gallery": float(np.mean(cat_ok)),
+            "concept_accuracy_gallery": float(np.mean(con_ok))}
 
 
 def evaluate_unit_sets(
@@ -124,8 +175,10 @@ def evaluate_unit_sets(
     rows, per_unit = [], {}
     for name, (act, ann) in unit_sets.items():
         auc = auroc_matrix(act, presence.to_numpy())
-        per_unit[name] = best_concepts(auc, concepts)
-        rows.append({"units": name} | summarize_units(auc, concepts, cats, ann, vocab, recover_at, monosemantic_at))
+        gal = gallery_purity(act, presence.to_numpy(), concepts)
+        per_unit[name] = best_concepts(auc, concepts).merge(gal, on="unit")
+        rows.append({"units": name} | summarize_units(auc, concepts, cats, ann, vocab, recover_at, monosemantic_at)
+                    | summarize_galleries(gal, cats, ann, vocab))
     table = pd.DataFrame(rows)
     write_table(RunDir(Path(run_dir)).patterns / EVALUATION_CSV, table)
     return table, per_unit
@@ -181,6 +234,7 @@ def headline_metrics(evaluation: pd.DataFrame, main: str = "ensemble patterns") 
     for _, row in evaluation.iterrows():
         suffix = "" if row["units"] == main else "_" + str(row["units"]).replace(" ", "_")
         for key in ("recovery", "category_accuracy", "concept_accuracy", "category_accuracy_best", "category_agreement",
-                    "mean_best_auroc", "n_monosemantic"):
+                    "mean_best_auroc", "n_monosemantic", "n_gallery_pure", "category_accuracy_gallery",
+                    "concept_accuracy_gallery"):
             out[key + suffix] = float(row[key])
     return out

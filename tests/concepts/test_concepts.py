@@ -33,6 +33,7 @@ from lanic_nb.concepts.vocabulary import (
     infer_category,
     load_vocabulary,
     match_concept,
+    name_alternatives,
 )
 from lanic_nb.data.openi import read_openi_reports
 from lanic_nb.phantom.config import CONCEPTS
@@ -350,3 +351,48 @@ def test_matched_look_alikes_name_an_unreported_shortcut_marker():
     matched = annotate_units(act, sim, vocab, cfg, embeddings=emb, groups=finding_groups(labels))
     assert plain.loc[0, "concept_1"] == "b"
     assert matched.loc[0, "concept_1"] == "a" and matched.loc[0, "category"] == "artifact"
+
+
+def test_name_alternatives_variants_and_head_words():
+    vocab = pd.DataFrame({
+        "concept": ["pleural effusion", "large pleural effusion", "bilateral pleural effusions", "pneumothorax",
+                    "tension pneumothorax", "grid lines", "artifact", "endotracheal tube", "chest tube", "tube",
+                    "motion blur", "motion"],
+        "category": ["pleural", "pleural", "pleural", "pleural", "pleural", "artifact", "artifact", "device", "device",
+                     "device", "artifact", "artifact"],
+        "synonyms": [["effusion"], [], [], [], [], ["grid artifact"], [], [], [], [], ["patient motion"], []],
+        "mined": [False] * 9 + [True, False, True],
+    })
+    alt = {vocab["concept"][i]: [vocab["concept"][j] for j in a] for i, a in enumerate(name_alternatives(vocab))}
+    assert alt["large pleural effusion"] == ["pleural effusion"]  # qualifiers stripped: the finding
+    assert alt["bilateral pleural effusions"] == ["pleural effusion"]  # ... plural folded too
+    assert alt["artifact"] == ["grid lines"]  # a category's name: the concepts named "... artifact"
+    assert sorted(alt["tube"]) == ["chest tube", "endotracheal tube"]  # a mined head word
+    assert alt["motion"] == ["motion blur"]
+    assert alt["pneumothorax"] == []  # a curated one-word finding stays, whatever ends on it
+    assert alt["pleural effusion"] == alt["endotracheal tube"] == alt["tension pneumothorax"] == []
+    unmined = name_alternatives(vocab.drop(columns="mined"))  # a curated vocabulary: only the category names
+    assert unmined[9] == [] and unmined[6] == [5]
+
+
+def test_finding_level_name_breaks_a_tie_only():
+    """The best-scoring concept is a qualified variant; its finding scores within beta of it and names the unit.
+    Where the finding scores below beta x best, the variant keeps the name; finding_level=False keeps the order."""
+    vocab = pd.DataFrame({"concept": ["pleural effusion", "large pleural effusion", "edema"],
+                          "category": ["pleural", "pleural", "pulmonary"], "synonyms": [[], [], []]})
+    rng = np.random.default_rng(3)
+    n = 300
+    on = rng.random(n) < 0.3
+    act = (on * (1 + rng.random(n)))[:, None].astype(np.float32)
+    base = np.column_stack([on + rng.normal(0, 0.1, n), on + rng.normal(0, 0.1, n), rng.normal(0, 1, n)])
+
+    def named(gap: float, **kw) -> pd.Series:
+        sim = base + np.array([0.0, gap, 0.0]) * on[:, None]
+        return annotate_units(act, sim, vocab, AnnotationConfig(top_fraction=0.5, max_images=200, standardize=False,
+                                                              **kw)).loc[0]
+
+    tie = named(0.02)
+    assert tie["concept_1"] == "pleural effusion" and tie["concept_2"] == "large pleural effusion"
+    assert tie["score_1"] < tie["score_2"]  # the variant scored higher; the finding names it anyway
+    assert named(0.02, finding_level=False)["concept_1"] == "large pleural effusion"
+    assert named(0.5)["concept_1"] == "large pleural effusion"  # clearly better: the variant is the name

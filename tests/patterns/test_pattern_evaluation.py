@@ -125,3 +125,32 @@ def test_category_agreement_counts_every_unit():
     ann = pd.DataFrame({"unit": [0, 1], "concept_1": ["pacemaker", "pacemaker"], "category": ["device", "device"]})
     s = summarize_units(auc, ["pacemaker", "scoliosis"], {"pacemaker": "device", "scoliosis": "structural"}, ann, vocab)
     assert np.isnan(s["category_accuracy"]) and s["category_agreement"] == 0.5
+
+
+def test_gallery_purity_counts_sub_patterns_and_confounded_names():
+    """A unit firing on the strongest half of a concept's images has a pure gallery but an AUROC near 0.75; a unit
+    on a marker that rides on a finding has both in its gallery (either name is true of it); a unit on a concept
+    most images carry is not pure (no lift); a unit on random images is not."""
+    from lanic_nb.patterns.evaluate import gallery_purity, summarize_galleries
+
+    rng = np.random.default_rng(2)
+    n = 400
+    finding = rng.random(n) < 0.25
+    marker = finding & (rng.random(n) < 0.8)
+    common = rng.random(n) < 0.7
+    severity = rng.random(n)
+    y = np.column_stack([finding, marker, common])
+    act = np.column_stack([finding * (severity > 0.5) * (1 + severity), marker * (1 + rng.random(n)),
+                           common * (1 + rng.random(n)), rng.random(n) * (rng.random(n) < 0.3)])
+    concepts = ["pleural_effusion", "portable_marker", "laterality_marker"]
+    gal = gallery_purity(act, y, concepts)
+    assert auroc_matrix(act, y)[0, 0] < 0.9  # not "monosemantic" by AUROC ...
+    assert gal.loc[0, "pure_concepts"] == ["pleural_effusion"] and gal.loc[0, "purity"] == 1.0  # ... but pure
+    assert sorted(gal.loc[1, "pure_concepts"]) == ["pleural_effusion", "portable_marker"]
+    assert gal.loc[2, "pure_concepts"] == [] and gal.loc[3, "pure_concepts"] == []
+    cats = {"pleural_effusion": "pleural", "portable_marker": "artifact", "laterality_marker": "artifact"}
+    ann = pd.DataFrame({"unit": [0, 1, 2, 3], "concept_1": ["edema", "portable film", "laterality marker", "edema"],
+                        "category": ["pleural", "artifact", "artifact", "pulmonary"]})
+    s = summarize_galleries(gal, cats, ann, load_vocabulary())
+    assert s["n_gallery_pure"] == 2
+    assert s["concept_accuracy_gallery"] == 0.5 and s["category_accuracy_gallery"] == 1.0
