@@ -30,7 +30,8 @@ METRIC_KEYS = {
 TRUTH_KEYS = {
     f"{k}{s}" for s in ("", "_single_transcoder", "_embedding_dims")
     for k in ("recovery", "category_accuracy", "concept_accuracy", "category_accuracy_best", "category_agreement",
-              "mean_best_auroc", "n_monosemantic")
+              "mean_best_auroc", "n_monosemantic", "n_gallery_pure", "category_accuracy_gallery",
+              "concept_accuracy_gallery")
 } | {"probe_ceiling_embedding", "probe_ceiling_hidden", "recovery_of_hidden_ceiling"}
 
 
