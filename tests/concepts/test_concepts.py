@@ -396,3 +396,27 @@ def test_finding_level_name_breaks_a_tie_only():
     assert tie["score_1"] < tie["score_2"]  # the variant scored higher; the finding names it anyway
     assert named(0.02, finding_level=False)["concept_1"] == "large pleural effusion"
     assert named(0.5)["concept_1"] == "large pleural effusion"  # clearly better: the variant is the name
+
+
+def test_sparse_part_of_a_finding_is_contrasted_with_films_without_it():
+    """A sparse unit fires on the most severe films of finding A. Its silent films include A's milder films, the
+    nearest look-alikes; against them A cancels and what grows with severity (S) names the unit. With
+    ``own_apart`` its look-alikes lack A, and A names it."""
+    rng = np.random.default_rng(4)
+    n = 1000
+    a = rng.random(n) < 0.3
+    sev = rng.random(n)
+    act = (a * (sev > 0.7) * (1 + sev))[:, None].astype(np.float32)
+    assert 0 < (act > 0).mean() < 0.5
+    emb = np.column_stack([2.0 * a, rng.normal(0, 0.3, (n, 6))]).astype(np.float32)
+    sim = np.column_stack([a + rng.normal(0, 0.1, n), 0.8 * a * sev + rng.normal(0, 0.1, n), rng.normal(0, 1, n)])
+    vocab = pd.DataFrame({"concept": ["a", "s", "c"], "category": ["pleural", "artifact", "device"],
+                          "synonyms": [[], [], []]})
+    groups = finding_groups(a[:, None].astype(float))
+    base = dict(max_images=400, contrast_neighbors=5, standardize=False)
+    mixed = annotate_units(act, sim, vocab, AnnotationConfig(**base, own_apart=False), embeddings=emb, groups=groups)
+    apart = annotate_units(act, sim, vocab, AnnotationConfig(**base), embeddings=emb, groups=groups)
+    assert mixed.loc[0, "concept_1"] == "s"
+    assert apart.loc[0, "concept_1"] == "a" and apart.loc[0, "category"] == "pleural"
+    with pytest.raises(ValueError, match="own_share"):
+        AnnotationConfig(own_share_sparse=1.5)
