@@ -55,6 +55,10 @@ class TranscodersConfig:
     """Train each member to reconstruct the embedding too, at this weight beside h (``TranscoderConfig.input_weight``);
     the saved ensemble is the x -> h transcoder. On the demo it gives planted concepts that h carries in
     low-variance directions (devices, artifacts) latents of their own. 0 = a plain transcoder."""
+    encoder_precision: str = "float32"
+    """"bfloat16": the encoder's forward product in bfloat16 while training (``TranscoderConfig.encoder_precision``);
+    about 1.5x faster steps at MIMIC widths on hardware that multiplies bfloat16 natively (GPUs, AVX512-BF16 / AMX
+    CPUs), slower elsewhere. The demo keeps float32."""
     seed: int = 0
     checkpoint_every: int = 500
 
