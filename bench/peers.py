@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from lanic_nb.device import keep_freed_memory, machine_line, pick_device
 from lanic_nb.transcoder.config import TranscoderConfig
 from lanic_nb.transcoder.model import TranscoderEnsemble
-from lanic_nb.transcoder.train import make_optimizer, train_step
+from lanic_nb.transcoder.train import make_optimizer, rows_of, train_step
 
 OURS = "lanic-nb (batched)"
 BF16 = "bf16 encoder product"
@@ -129,8 +129,8 @@ class Ours:
             self.name = f"{OURS[:-1]}, {BF16})"
 
     def step(self, step: int, data: Data, rows: torch.Tensor) -> None:
-        x = data.X[rows]  # (members, batch, d)
-        train_step(self.model, self.opt, x, data.H[rows] if self.transcoder else x)  # an SAE's target is its input
+        x = rows_of(data.X, rows)  # (members, batch, d)
+        train_step(self.model, self.opt, x, rows_of(data.H, rows) if self.transcoder else x)  # an SAE's target is its input
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,7 +172,7 @@ class Loop:
 
     def _step(self, step: int, data: Data, rows: torch.Tensor) -> None:
         for i, (m, opt) in enumerate(zip(self.models, self.opts, strict=True)):
-            x = data.X[rows[i]]  # (batch, d)
+            x = rows_of(data.X, rows[i])  # (batch, d), gathered as for lanic-nb
             if step == 0:
                 self.peer.first_batch(m, x)
             self.peer.loss(m, x, step).backward()

@@ -97,7 +97,7 @@ class _GatherPre(torch.autograd.Function):
                 g_x = F.embedding_bag(ch.flat, w_enc.reshape(n * d_dict, d_in), mode="sum",
                                       per_sample_weights=g.reshape(n * b, kk)).view(n, b, d_in)
             if ctx.needs_input_grad[4]:
-                g_w = per_latent_sum(ch, ch.rows, xc.reshape(n * b, d_in), g_flat[ch.order]).view(n, d_dict, d_in)
+                g_w = per_latent_sum(ch, ch.rows, xc.reshape(n * b, d_in), g_flat.index_select(0, ch.order)).view(n, d_dict, d_in)
             if ctx.needs_input_grad[5] or ctx.needs_input_grad[6]:
                 g_b = g.new_zeros(n * d_dict).index_add_(0, ch.flat.reshape(-1), g_flat).view(n, d_dict)
         if ctx.needs_input_grad[6]:
@@ -155,7 +155,7 @@ class _SparseDecode(torch.autograd.Function):
             if kk > k:  # aux-k choices read the e rows, which follow the h rows of their member
                 member = rows.div(b, rounding_mode="floor")
                 rows = rows + b * (member + (ch.order % kk >= k))
-            g_w = per_latent_sum(ch, rows, g_rows.reshape(-1, d_out), vals.reshape(-1)[ch.order])
+            g_w = per_latent_sum(ch, rows, g_rows.reshape(-1, d_out), vals.reshape(-1).index_select(0, ch.order))
             g_w = g_w.view(n, d_dict, d_out)
         return g_vals, g_w, None
 

@@ -81,6 +81,12 @@ def _subset_means(t: torch.Tensor, rows: list[torch.Tensor], bootstrap: bool) ->
     return torch.stack([t[r.to(t.device)].mean(0) for r in rows])
 
 
+def rows_of(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t[idx] for row indices idx of any shape  # (*idx.shape, t.shape[1]). index_select: on 2 CPU cores about 5x
+    faster than advanced indexing (a (20, 128) batch of 256-wide rows: 45 vs 250 us)."""
+    return t.index_select(0, idx.reshape(-1)).view(*idx.shape, t.shape[1])
+
+
 def make_optimizer(model: TranscoderEnsemble) -> torch.optim.AdamW:
     """AdamW over all members' stacked parameters (elementwise, so members stay independent)."""
     # fused: one pass per tensor (same elementwise arithmetic); on 2 CPU cores about 8x faster than the
@@ -164,7 +170,7 @@ def _fit(cfg: TranscoderConfig, X: torch.Tensor, H: torch.Tensor, device: torch.
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         idx = sampler.next().to(device)  # (n_members, batch)
-        out = train_step(model, opt, X[idx], H[idx])
+        out = train_step(model, opt, rows_of(X, idx), rows_of(H, idx))
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             l0 = (out.codes > 0).sum(-1).float().mean(-1)
             log_rows.append(dict(step=step + 1, loss=out.loss.item() / cfg.n_members, fvu=out.fvu.mean().item(),
