@@ -281,7 +281,8 @@ class Result:
     fvu: float  # after sh.steps steps (of its own target: the transcoder's is h, the others' x)
     fvu_eq: float | None = None  # after the steps it completes in lanic-nb's time for the run
     steps_eq: int | None = None
-    kind: str = "ours"  # "ours", "peer" (its own float32 default), "peer bf16" (under autocast), "transcoder"
+    kind: str = "ours"  # "ours" / "ours bf16" (encoder_precision), "peer" (its float32 default), "peer bf16"
+    # (under autocast), "transcoder"
 
     @property
     def peer(self) -> bool:
@@ -303,12 +304,13 @@ def compare(sh: Shapes, lr: float, seed: int, device: torch.device, which: list[
     tc = Ours(sh, data, lr, seed, device, transcoder=True)
     trainers = [*ours, *loops, *cast, tc]
     ms = interleaved(trainers, data, sh, device, verbose)
-    kinds = {id(t): "ours" for t in ours} | {id(t): "peer" for t in loops} | {id(t): "peer bf16" for t in cast}
+    kinds = ({id(t): "ours" for t in ours[:1]} | {id(t): "ours bf16" for t in ours[1:]}
+             | {id(t): "peer" for t in loops} | {id(t): "peer bf16" for t in cast})
     res = [Result(t.name, ms[t.name], fvu(t.predict(data.X_eval), data.H_eval if t is tc else data.X_eval),
                   kind=kinds.get(id(t), "transcoder")) for t in trainers]
-    best = min((r for r in res if r.kind == "ours"), key=lambda r: r.ms)
+    best = min((r for r in res if r.kind.startswith("ours")), key=lambda r: r.ms)
     for r, t in zip(res, trainers, strict=True):
-        if r.kind == "ours":
+        if r.kind.startswith("ours"):
             r.fvu_eq, r.steps_eq = (r.fvu, sh.steps) if r is best else (None, None)
         if r.kind != "peer" or not equal_time:
             continue
@@ -330,8 +332,8 @@ def fastest_peer(res: list[Result], kinds: tuple[str, ...] = ("peer",)) -> float
 
 def ours(res: list[Result], precision: str | None = None) -> Result:
     """lanic-nb's fastest SAE row, or its row at one precision."""
-    rows = [r for r in res if r.kind == "ours" and (precision is None or (BF16 in r.name) == (precision != "float32"))]
-    return min(rows, key=lambda r: r.ms)
+    kinds = {None: ("ours", "ours bf16"), "float32": ("ours",), "bfloat16": ("ours bf16",)}[precision]
+    return min((r for r in res if r.kind in kinds), key=lambda r: r.ms)
 
 
 def table(sh: Shapes, lr: float, res: list[Result]) -> list[str]:
@@ -389,7 +391,7 @@ def main() -> None:
             ratios["bf16"][sh.name] = fastest_peer(res, ("peer", "peer bf16")) / ours(res, "bfloat16").ms
         best = ours(res)
         ratios["best"][sh.name] = fastest_peer(res) / best.ms
-        label[sh.name] = "bf16 encoder product" if BF16 in best.name else "float32"
+        label[sh.name] = BF16 if best.kind == "ours bf16" else "float32"
     print(f"1-min load average at end {os.getloadavg()[0]:.1f}; {time.perf_counter() - t_start:.0f} s in all")
 
     def line(r: dict[str, float]) -> str:

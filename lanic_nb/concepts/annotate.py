@@ -199,6 +199,11 @@ def unit_groups(groups: np.ndarray, rep: np.ndarray, own_share: float) -> np.nda
     return groups & ~own
 
 
+def fires_on_few(act: np.ndarray) -> bool:
+    """A sparse unit: silent (activation <= 0) on at least half of the images (its median activation is 0)."""
+    return len(act) == 0 or float(np.median(act)) <= 0
+
+
 def quiet_images(act: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
     """(n_images,) bool: where a unit is quiet, the pool its look-alikes come from. Silent images (activation 0)
     for a unit that fires on fewer than half of the images; for one that fires on most (a marker detector that
@@ -206,11 +211,10 @@ def quiet_images(act: np.ndarray, groups: np.ndarray | None = None) -> np.ndarra
     be look-alikes of nothing. With ``groups``, such a unit's median in each group: one that also follows a
     finding still has quiet images among that finding's films."""
     act = np.asarray(act)
-    median = float(np.median(act)) if len(act) else 0.0
-    if median <= 0:
+    if fires_on_few(act):
         return act <= 0
     if groups is None:
-        return act <= median
+        return act <= float(np.median(act))
     groups = np.asarray(groups)
     quiet = np.zeros(len(act), bool)
     for g in np.unique(groups):
@@ -284,7 +288,7 @@ def annotate_units(
             continue
         score = sim[rep].sum(axis=0)  # (C,) summed over representative images, as MAMMI sums
         if cfg.contrast_neighbors:
-            sparse = (act[:, u] > 0).mean() < 0.5
+            sparse = fires_on_few(act[:, u])
             share = cfg.own_share_sparse if sparse and cfg.own_share_sparse else cfg.own_share
             keys = None if groups is None else unit_groups(groups, rep, share)
             quiet = quiet_images(act[:, u], keys)

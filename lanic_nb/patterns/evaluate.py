@@ -74,15 +74,13 @@ def summarize_units(
     best_per_concept = filled.max(axis=0) if len(filled) else np.zeros(auc.shape[1])
     recovered = (best_per_concept >= recover_at) & valid
 
-    def accuracy(units: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-        return name_accuracy(ann, units, truth, categories, vocab)
-
     mono = best["best_auroc"].to_numpy() >= monosemantic_at
-    cat_acc, con_acc = accuracy(best["unit"].to_numpy()[mono], best["best_concept"].to_numpy()[mono])
+    cat_acc, con_acc = name_accuracy(ann, best["unit"].to_numpy()[mono], best["best_concept"].to_numpy()[mono],
+                                     categories, vocab)
     rec_idx = np.nonzero(recovered)[0]
     top_unit = filled.argmax(axis=0)[rec_idx] if len(filled) else np.zeros(0, np.int64)
-    cat_best, con_best = accuracy(top_unit, np.asarray(concepts, dtype=object)[rec_idx])
-    cat_all, _ = accuracy(best["unit"].to_numpy(), best["best_concept"].to_numpy())
+    cat_best, con_best = name_accuracy(ann, top_unit, np.asarray(concepts, dtype=object)[rec_idx], categories, vocab)
+    cat_all, _ = name_accuracy(ann, best["unit"].to_numpy(), best["best_concept"].to_numpy(), categories, vocab)
     return {
         "n_units": int(len(auc)),
         "n_concepts": int(valid.sum()),
@@ -103,12 +101,18 @@ def name_accuracy(ann: pd.DataFrame, units: np.ndarray, truth: np.ndarray, categ
     planted concepts ``truth``: the category equals the concept's, concept_1 its vocabulary entry."""
     if len(units) == 0:
         return np.nan, np.nan
-    got_cat = ann.reindex(units)["category"].fillna("").to_numpy()
-    got_con = ann.reindex(units)["concept_1"].fillna("").to_numpy() if "concept_1" in ann else np.full(len(units), "")
+    got_cat, got_con = _given_names(ann, units)
     names = {t: match_concept(t, vocab) for t in set(truth)}
     cat_ok = np.array([g == categories.get(t, "") for g, t in zip(got_cat, truth, strict=True)])
     con_ok = np.array([g == names[t] for g, t in zip(got_con, truth, strict=True)])
     return float(cat_ok.mean()), float(con_ok.mean())
+
+
+def _given_names(ann: pd.DataFrame, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The category and concept_1 the annotations (indexed by unit) give ``units`` ("" where none)."""
+    got = ann.reindex(units)
+    con = got["concept_1"].fillna("").to_numpy() if "concept_1" in got else np.full(len(units), "")
+    return got["category"].fillna("").to_numpy(), con
 
 
 def gallery_purity(act: np.ndarray, presence: np.ndarray, concepts: Sequence[str], k: int = GALLERY_SIZE,
@@ -143,10 +147,9 @@ def summarize_galleries(gal: pd.DataFrame, categories: dict[str, str], annotatio
     pure = gal[gal["pure_concepts"].map(len) > 0]
     if pure.empty:
         return {"n_gallery_pure": 0, "category_accuracy_gallery": np.nan, "concept_accuracy_gallery": np.nan}
-    got = ann.reindex(pure["unit"].to_numpy())
-    con = got["concept_1"].fillna("").to_numpy() if "concept_1" in got else np.full(len(pure), "")
-    cat = got["category"].fillna("").to_numpy()
-    con_ok = [c in {match_concept(t, vocab) for t in ts} for c, ts in zip(con, pure["pure_concepts"], strict=True)]
+    cat, con = _given_names(ann, pure["unit"].to_numpy())
+    names = {t: match_concept(t, vocab) for ts in pure["pure_concepts"] for t in ts}
+    con_ok = [c in {names[t] for t in ts} for c, ts in zip(con, pure["pure_concepts"], strict=True)]
     cat_ok = [c in {categories.get(t, "") for t in ts} for c, ts in zip(cat, pure["pure_concepts"], strict=True)]
     return {"n_gallery_pure": len(pure), "category_accuracy_gallery": float(np.mean(cat_ok)),
             "concept_accuracy_gallery": float(np.mean(con_ok))}
