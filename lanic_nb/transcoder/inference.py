@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from lanic_nb.transcoder.autograd import _flat_latents
+from lanic_nb.transcoder.select import topk_indices
 from lanic_nb.transcoder.sparse import _dots
 
 
@@ -63,8 +64,8 @@ def topk_codes(ensemble, x: torch.Tensor, low_precision: bool | None = None) -> 
     lp = low_precision_ok(x.device) if low_precision is None else low_precision
     if not lp:
         pre = ensemble._masked(torch.baddbmm(ensemble.b_enc.unsqueeze(1), xc, ensemble.W_enc.transpose(1, 2)))
-        vals, idx = pre.topk(cfg.k, dim=-1, sorted=False)
-        return vals.relu(), idx
+        idx = topk_indices(pre, cfg.k)
+        return pre.gather(-1, idx).relu(), idx
     n, rows, d_in = xc.shape
     rough = torch.baddbmm(ensemble.b_enc.unsqueeze(1).to(torch.bfloat16), xc.to(torch.bfloat16),
                           _bf16_encoder(ensemble).transpose(1, 2))
@@ -74,8 +75,8 @@ def topk_codes(ensemble, x: torch.Tensor, low_precision: bool | None = None) -> 
     exact = (exact + ensemble.b_enc.detach().reshape(-1)[flat]).view(n, rows, -1)
     if cfg.dict_sizes is not None:  # latents beyond a member's size never fire
         exact = exact.masked_fill(~ensemble.latent_mask.gather(1, cand.reshape(n, -1)).view_as(cand), -torch.inf)
-    vals, pick = exact.topk(cfg.k, dim=-1, sorted=False)
-    return vals.relu(), cand.gather(-1, pick)
+    pick = topk_indices(exact, cfg.k)
+    return exact.gather(-1, pick).relu(), cand.gather(-1, pick)
 
 
 def dense_codes(vals: torch.Tensor, idx: torch.Tensor, d_dict: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """bench/gpu.py (prepared for a GPU) runs end to end on the CPU when asked, tiny and without the peers' libraries
-(the tests never import those), and claims no GPU figure; bench/activations.py runs tiny and matches its dense reference."""
+(the tests never import those), and claims no GPU figure; bench/activations.py runs tiny and matches its dense reference;
+bench/topk.py chooses what torch.topk chooses."""
 
 from __future__ import annotations
 
@@ -29,3 +30,11 @@ def test_activations_bench_runs_tiny_and_agrees_with_its_reference():
     line = r.stdout.strip().splitlines()[-1]
     assert line.startswith("pattern activations, 2 x 256 latents") and "dense reference" in line
     assert float(line.rsplit("max |difference| ", 1)[1]) < 1e-5
+
+
+def test_topk_bench_runs_and_agrees_with_torch():
+    r = subprocess.run([sys.executable, "bench/topk.py", "--repeats", "2", "--shapes", "demo"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip().splitlines()[-1]
+    assert line.startswith("top-k choice") and "torch.topk" in line and "same choices True" in line
