@@ -23,8 +23,8 @@ With TopK only k of the d_dict latents are nonzero per row, so by default (``spa
 one dense product (the encoder's forward, which must see every latent to choose k); the decode, the aux-k loss
 and every gradient work on the chosen latents only, the weight gradients as per-latent sums over the rows that
 chose them (``lanic_nb.transcoder.sparse``). Same values and gradients as the dense formulation (tested).
-Both choose the k latents with ``lanic_nb.transcoder.select.topk_indices`` (a numba kernel on CPU, about 2.5x
-``torch.topk``; tests/transcoder/test_select.py checks it against ``torch.topk``), so ties at the k-th place
+Both choose the k latents with ``lanic_nb.transcoder.select.topk_indices`` (a numba kernel on CPU, 2.7-2.9x
+``torch.topk`` in bench/topk.py; tests/transcoder/test_select.py checks it against ``torch.topk``), so ties at the k-th place
 (common in bfloat16) fall the same way in both formulations.
 
 Activations are one switch: "topk" (k largest pre-activations, then ReLU, Gao et al. 2024:

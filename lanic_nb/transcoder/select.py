@@ -173,7 +173,7 @@ def topk_indices(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def torch_topk_indices(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The plain reference: ``torch.topk``'s indices (the dense path and the tests use it)."""
+    """The plain reference: ``torch.topk``'s indices (the fallback off CPU or float32, the tests and the bench)."""
     return x.detach().topk(k, dim=-1, sorted=False).indices
 
 
