@@ -94,22 +94,39 @@ class Encoder:
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(n, 3, S, S) preprocessed -> (n, d) L2-normalized float32."""
-        feats = self.model.encode_image(images.to(self.device))
+        # channels_last, as the tower's weights (load_encoder): the shipped ResNet tower ran 1.17 -> 0.89 s per
+        # 128 images on 2 cores; a ViT's only convolution is its patch embedding, which does not mind.
+        feats = self.model.encode_image(images.to(self.device).contiguous(memory_format=torch.channels_last))
         return F.normalize(feats.float(), dim=-1)
 
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """list of n strings -> (n, d) L2-normalized float32 (on the model's device)."""
-        out = []
-        for i in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[i : i + batch_size]))  # (b, context_length)
-            if self.hf_pad_id is not None:
-                # An HF tower masks [PAD]: dropping all-pad trailing columns changes nothing but the cost.
-                tokens = tokens[:, : max(1, int((tokens != self.hf_pad_id).sum(1).max()))]
-            out.append(F.normalize(self.model.encode_text(tokens.to(self.device)).float(), dim=-1))
-        if not out:
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """list of n strings -> (n, d) L2-normalized float32 (on the model's device).
+
+        Each distinct string is encoded once (report sentences repeat: the demo's 19,221 are 505 strings), in
+        chunks of similar length: an HF tower masks [PAD], so trailing all-pad columns are dropped, which
+        changes nothing but the cost (a batch of 128 reports: 0.44 -> 0.26 s; its 787 sentences 0.41 -> 0.08 s).
+        The chunks depend only on ``texts``, so the same call gives the same bits."""
+        unique: dict[str, int] = {}
+        where = torch.tensor([unique.setdefault(t, len(unique)) for t in texts], dtype=torch.long)
+        if not unique:
             return torch.zeros(0, self.embed_dim, device=self.device)
-        return torch.cat(out)
+        strings = list(unique)
+        tokens = self.tokenizer(strings)  # (u, context_length)
+        pad = self.hf_pad_id
+        if pad is not None:
+            lengths = (tokens != pad).sum(1)
+            order = torch.sort(lengths, stable=True).indices
+        else:  # open_clip's own towers pool at the end-of-text token and keep every column
+            order = torch.arange(len(strings))
+        out = torch.empty(len(strings), self.embed_dim, device=self.device)
+        for i in range(0, len(strings), batch_size):
+            rows = order[i : i + batch_size]
+            chunk = tokens[rows]
+            if pad is not None:
+                chunk = chunk[:, : max(1, int(lengths[rows].max()))]
+            out[rows.to(self.device)] = F.normalize(self.model.encode_text(chunk.to(self.device)).float(), dim=-1)
+        return out[where.to(self.device)]
 
 
 def preprocess_gray(
@@ -249,6 +266,7 @@ def load_encoder(name: str | os.PathLike, device: str | torch.device = "cpu", al
         model, preprocess, tokenizer = _load_local(folder, device)
         name = f"{LOCAL_PREFIX}{folder.resolve()}"
     model.eval()
+    model.visual.to(memory_format=torch.channels_last)  # convolutions run faster so on CPU (encode_images)
     pcfg = model.visual.preprocess_cfg  # open_clip attaches the final preprocess config here
     size = pcfg["size"]
     size = int(size[0] if isinstance(size, list | tuple) else size)

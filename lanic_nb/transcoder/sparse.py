@@ -13,7 +13,10 @@ Where one member's weights are tiny (``DENSE_MAX_WEIGHTS``: d_dict x width, the 
 kernels and the sort cost more than products over all latents, so there the backward scatters the choices
 into (n_members, rows, d_dict) and multiplies. The value gradients, one dot product dL/dh_i . W_dec[j] per
 choice, follow the same rule: the dense product and a gather, or embedding_bag's own per-sample-weight
-gradient. Every path is checked against the dense formulation in tests/transcoder/.
+gradient. BatchTopK pads every row to the most any row keeps (about half the slots, 0.5 real at the demo's
+shapes): the padding is left out of the sorted sums, and the main choices' decode and value gradients run on
+the real ones only, one ragged bag per row (``Ragged``). Every path is checked against the dense formulation
+in tests/transcoder/.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from lanic_nb.transcoder.autograd import _flat_latents
+from lanic_nb.transcoder.select import sort_by_key
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +48,44 @@ class Choices(NamedTuple):
     order: torch.Tensor | None = None  # (n_choices,) positions in flat.reshape(-1), sorted by latent
     rows: torch.Tensor | None = None  # (n_choices,) input row (of the flattened (n_members * batch, .) inputs)
     offsets: torch.Tensor | None = None  # (n_members * d_dict,) start of each latent's run (runs may be empty)
+    main: Ragged | None = None  # the main choices without their padding (BatchTopK), or None: every one is real
 
 
-def choose(idx: torch.Tensor, d_dict: int, k: int, backward: bool = True, width: int = 0) -> Choices:
+class Ragged(NamedTuple):
+    """The real main choices of padded rows (BatchTopK pads every row to the most any row holds, and about half
+    the slots are padding): as ``F.embedding_bag``'s 1-D input with one bag per row, so the decode and the value
+    gradients skip the padding instead of multiplying it by zero."""
+
+    mask: torch.Tensor  # (n_members * batch, k) bool: the real ones among the main slots
+    latents: torch.Tensor  # (n_real,) rows of the flattened weights, row-major
+    offsets: torch.Tensor  # (n_members * batch,) start of each row's bag
+    bag: torch.Tensor  # (n_real,) the row of each
+
+
+def choose(idx: torch.Tensor, d_dict: int, k: int, backward: bool = True, width: int = 0,
+           valid: torch.Tensor | None = None) -> Choices:
     """The choices idx (n_members, batch, kk), sorted by latent (stably, so sums run in row order) when a backward
     will sum rows per latent (not without a backward, nor where it goes through dense products: weights of
-    d_dict x ``width``, the larger of d_in and d_out, within ``DENSE_MAX_WEIGHTS``)."""
+    d_dict x ``width``, the larger of d_in and d_out, within ``DENSE_MAX_WEIGHTS``). ``valid`` (n_members, batch,
+    kk) marks real choices where some are padding (their values are zero): padding is left out of the per-latent
+    sums, and of the main choices' decode and value gradients (``Ragged``)."""
     n, b, kk = idx.shape
     flat = _flat_latents(idx, d_dict)  # (n * b, kk)
+    main = None
+    if valid is not None and not bool(valid[..., :k].all()):
+        mask = valid[..., :k].reshape(n * b, k)
+        counts = mask.sum(1)
+        main = Ragged(mask, flat[:, :k][mask], counts.cumsum(0) - counts,
+                      torch.arange(n * b, device=idx.device).repeat_interleave(counts))
     if not backward or d_dict * width <= DENSE_MAX_WEIGHTS:
-        return Choices(idx, flat, k)
-    keys, order = flat.reshape(-1).sort(stable=True)
-    counts = torch.bincount(keys, minlength=n * d_dict)
-    return Choices(idx, flat, k, order, order.div(kk, rounding_mode="floor"), counts.cumsum(0) - counts)
+        return Choices(idx, flat, k, main=main)
+    keys = flat.reshape(-1)
+    if valid is not None:  # padding sorts last, past every latent, and is cut off
+        keys = keys.masked_fill(~valid.reshape(-1), n * d_dict)
+    order, counts = sort_by_key(keys, n * d_dict + 1)  # a counting sort: the keys are latents (select.py)
+    counts = counts[: n * d_dict]
+    order = order[: int(counts.sum())]
+    return Choices(idx, flat, k, order, order.div(kk, rounding_mode="floor"), counts.cumsum(0) - counts, main)
 
 
 def per_latent_sum(ch: Choices, rows: torch.Tensor, source: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -120,7 +149,11 @@ class _SparseDecode(torch.autograd.Function):
         d_dict, d_out = w_dec.shape[1:]
         k = ch.k
         w = w_dec.reshape(n * d_dict, d_out)
-        h = _embedding_sums(ch.flat[:, :k], w, vals[..., :k].reshape(n * b, k)).view(n, b, d_out)
+        if ch.main is None:
+            h = _embedding_sums(ch.flat[:, :k], w, vals[..., :k].reshape(n * b, k)).view(n, b, d_out)
+        else:  # the real main choices only, one bag per row
+            h = F.embedding_bag(ch.main.latents, w, ch.main.offsets, mode="sum",
+                                per_sample_weights=vals[..., :k].reshape(n * b, k)[ch.main.mask]).view(n, b, d_out)
         e = (_embedding_sums(ch.flat[:, k:], w, vals[..., k:].reshape(n * b, kk - k)).view(n, b, d_out)
              if kk > k else h.new_zeros(()).expand(n, b, d_out))  # no aux-k: a zero view, nothing allocated
         ctx.set_materialize_grads(False)  # an unused e gets no (n, batch, d_out) zeros either
@@ -173,7 +206,12 @@ def _choice_dots(ch: Choices, g_rows: torch.Tensor, w_dec: torch.Tensor) -> torc
             return full.gather(-1, ch.idx)
         return torch.cat([full[:, :b].gather(-1, ch.idx[..., :k]), full[:, b:].gather(-1, ch.idx[..., k:])], -1)
     w = w_dec.reshape(n * d_dict, d_out)
-    out = [_dots(ch.flat[:, :k], w, g_rows[:, :b])]
+    if ch.main is None:
+        out = [_dots(ch.flat[:, :k], w, g_rows[:, :b])]
+    else:  # padding gets zero: its values are zero in the forward whatever their gradient
+        real = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+            g_rows[:, :b].reshape(n * b, d_out).contiguous(), w, ch.main.latents, ch.main.offsets, ch.main.bag, 0, -1)
+        out = [g_rows.new_zeros(n * b, k).masked_scatter_(ch.main.mask, real)]
     if kk > k:
         out.append(_dots(ch.flat[:, k:], w, g_rows[:, b:]))
     return torch.cat(out, -1).view(n, b, kk) if kk > k else out[0].view(n, b, k)

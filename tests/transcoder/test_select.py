@@ -69,3 +69,36 @@ def test_thread_count_does_not_change_the_choice():
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one.sort(-1).values, topk_indices(x, 16).sort(-1).values)
+
+
+@pytest.mark.parametrize("kind", ["random", "tied", "masked", "sparse-mask", "sorted"])
+@pytest.mark.parametrize("members,rows,width,k", [(5, 32, 256, 16), (3, 17, 100, 7), (2, 8, 8, 2)])
+def test_batch_choices_match_topk_then_mask(kind, members, rows, width, k):
+    """BatchTopK's per-row choices: the values >= the member's threshold, padded with distinct others; the same
+    kept values as torch.topk(kmax) followed by the mask, whatever the padding."""
+    gen = torch.Generator().manual_seed(members * 7 + width)
+    x = _rows(kind, members * rows, width, gen).view(members, rows, width)
+    flat = x.reshape(members, -1)
+    t = flat.gather(-1, topk_indices(flat, k * rows)).amin(-1)  # the kernel's (k x rows)-th largest per member
+    assert torch.equal(t, flat.topk(k * rows, dim=-1).values.amin(-1)), "the batch threshold"
+    m = int((x >= t.view(-1, 1, 1)).sum(-1).max())
+    got = select.at_least_indices(x, t, m)
+    assert got.shape == (members, rows, m)
+    assert (got.sort(-1).values.diff(dim=-1) > 0).all(), "m distinct indices per row"
+    keep = x.gather(-1, got) >= t.view(-1, 1, 1)
+    top, _ = x.topk(m, dim=-1)
+    ref_keep = top >= t.view(-1, 1, 1)
+    assert torch.equal(keep.sum(-1), ref_keep.sum(-1))
+    assert torch.equal(keep.sum(-1), (x >= t.view(-1, 1, 1)).sum(-1)), "every value at or above t is chosen"
+    kept = torch.where(keep, x.gather(-1, got), -torch.inf).sort(-1).values
+    assert torch.equal(kept, torch.where(ref_keep, top, -torch.inf).sort(-1).values)
+    with pytest.raises(ValueError, match="m must be"):
+        select.at_least_indices(x, t, width + 1)
+
+
+@pytest.mark.parametrize("n,n_keys", [(0, 5), (1, 1), (1000, 7), (50_000, 12_801)])
+def test_counting_sort_equals_torchs_stable_sort(n, n_keys):
+    keys = torch.randint(0, n_keys, (n,), generator=torch.Generator().manual_seed(n))
+    order, counts = select.sort_by_key(keys, n_keys)
+    assert torch.equal(order, keys.sort(stable=True).indices)
+    assert torch.equal(counts, torch.bincount(keys, minlength=n_keys))
