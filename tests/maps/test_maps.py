@@ -262,3 +262,21 @@ def test_run_maps_writes_both_maps_aligned_with_their_inputs(maps_run):
         assert len(pts) == min(12, len(coords)) and note in (out / page).read_text()
         assert_positions_are(pts, coords, col)
     assert result.files["pattern_html"] == out / "patterns.html"
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_exact_knn_matches_brute_force(metric):
+    """The neighbours handed to UMAP: every row's k nearest by the plain definition, itself first at 0."""
+    from scipy.spatial.distance import cdist
+
+    x = np.random.default_rng(1).normal(size=(300, 12)).astype(np.float32)
+    x[7] = x[3]  # a duplicate: each must still come first in its own row
+    idx, dist = maps.exact_knn(x, 10, metric, chunk=64)
+    full = cdist(x.astype(np.float64), x.astype(np.float64), metric=metric)
+    np.fill_diagonal(full, -1.0)
+    ref = np.argsort(full, axis=1, kind="stable")[:, :10]
+    assert (idx[:, 0] == np.arange(300)).all() and (dist[:, 0] == 0).all()
+    np.testing.assert_allclose(dist[:, 1:], np.take_along_axis(full, ref, 1)[:, 1:], atol=1e-6)
+    assert (np.diff(dist, axis=1) >= 0).all()
+    with pytest.raises(ValueError, match="metric"):
+        maps.exact_knn(x, 5, "manhattan")
