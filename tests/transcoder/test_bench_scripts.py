@@ -38,3 +38,4 @@ def test_topk_bench_runs_and_agrees_with_torch():
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip().splitlines()[-1]
     assert line.startswith("top-k choice") and "torch.topk" in line and "same choices True" in line
+    assert "BatchTopK step" in line and "same results True" in line
