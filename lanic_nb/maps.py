@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import html
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from sklearn.manifold import trustworthiness as sk_trustworthiness
@@ -32,6 +30,7 @@ from lanic_nb.concepts.vocabulary import CATEGORIES
 from lanic_nb.embed.store import load_embedded
 from lanic_nb.gallery.data import label_text  # the gallery's wording of labels, so both views say the same
 from lanic_nb.io import atomic_path, read_table, write_figure, write_table
+from lanic_nb.layout import umap_coords
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.patterns.merge import PatternSet
 from lanic_nb.rundir import RunDir, record_metrics
@@ -39,64 +38,6 @@ from lanic_nb.rundir import RunDir, record_metrics
 log = logging.getLogger(__name__)
 
 CATEGORY_COLORS = dict(zip((*CATEGORIES, ""), ("#d62728", "#1f77b4", "#17becf", "#8c564b", "#2ca02c", "#9467bd", "#bbbbbb"), strict=True))
-
-
-def umap_coords(
-    x: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "cosine", seed: int = 0
-) -> np.ndarray:
-    """(n, 2) UMAP layout of the rows of ``x`` (n_neighbors is clipped for tiny inputs).
-
-    Fewer than 8 rows are laid out by their first two principal components instead (UMAP's neighbour graph
-    needs more points than that to mean anything).
-    """
-    x = np.asarray(x, dtype=np.float32)
-    if x.shape[0] < 3:
-        return np.zeros((x.shape[0], 2), np.float32)  # nothing to lay out
-    if x.shape[0] < 8:
-        log.warning("only %d rows: using PCA instead of UMAP", x.shape[0])
-        centered = x - x.mean(axis=0, keepdims=True)
-        _, _, vt = np.linalg.svd(centered, full_matrices=False)
-        xy = centered @ vt[:2].T if len(vt) else np.zeros((len(x), 0), np.float32)
-        return np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
-    import umap  # imported here: its first use in a process compiles (numba) for about a minute
-
-    k = min(n_neighbors, x.shape[0] - 1)
-    # The exact neighbours, given to UMAP: below 4,096 rows it would find the same ones through sklearn's
-    # pairwise_distances with its numba metric called once per pair (21 s for 2,304 tiles on 2 cores; here
-    # well under a second), above that by approximate search.
-    knn = exact_knn(x, k, metric)
-    reducer = umap.UMAP(
-        n_neighbors=k, min_dist=min_dist, metric=metric, random_state=seed,
-        n_components=2, init="random" if x.shape[0] < 50 else "spectral", precomputed_knn=(*knn, None),
-    )
-    with warnings.catch_warnings():  # no search index: UMAP warns that transform() is unavailable; unused here
-        warnings.filterwarnings("ignore", message="precomputed_knn")
-        return reducer.fit_transform(x)
-
-
-def exact_knn(x: np.ndarray, k: int, metric: str = "cosine", chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, distances), each (n, k), of every row's k nearest rows, itself first at distance 0, nearest
-    first, as UMAP's own exact search orders them. metric: "cosine" (1 - cosine similarity) or "euclidean"."""
-    if metric not in ("cosine", "euclidean"):
-        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
-    t = torch.from_numpy(np.asarray(x, dtype=np.float64))
-    if metric == "cosine":
-        t = t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    sq = t.square().sum(1)
-    idx, dist = [], []
-    for lo in range(0, len(t), chunk):
-        block = t[lo : lo + chunk]
-        if metric == "cosine":
-            d = (1.0 - block @ t.T).clamp_min(0.0)
-        else:
-            d = (sq[lo : lo + chunk, None] + sq[None, :] - 2.0 * block @ t.T).clamp_min(0.0)
-        rows = torch.arange(len(block))
-        d[rows, rows + lo] = -1.0  # itself first, whatever duplicates there are
-        v, i = d.topk(k, dim=1, largest=False, sorted=True)
-        v[:, 0] = 0.0
-        idx.append(i)
-        dist.append(v.sqrt() if metric == "euclidean" else v)
-    return torch.cat(idx).numpy(), torch.cat(dist).numpy().astype(np.float32)
 
 
 def plot_pattern_map(coords: np.ndarray, categories: Sequence[str], consistency: np.ndarray) -> Figure:

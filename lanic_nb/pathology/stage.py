@@ -23,7 +23,7 @@ from lanic_nb.checks import require_at_least_one
 from lanic_nb.device import pick_device, seed_everything
 from lanic_nb.evaluation import load_tile_truth
 from lanic_nb.io import write_table
-from lanic_nb.maps import umap_coords
+from lanic_nb.layout import umap_coords
 from lanic_nb.pathology import study as PA
 from lanic_nb.pathology import visium as V
 from lanic_nb.pathology.extras import require_extra

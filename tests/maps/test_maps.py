@@ -21,7 +21,7 @@ from matplotlib import colormaps
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
-from lanic_nb import maps
+from lanic_nb import layout, maps
 from lanic_nb.embed.store import load_embedded
 from lanic_nb.io import read_table, write_table
 from lanic_nb.manifest import FINDINGS
@@ -182,7 +182,7 @@ def test_notebook_05_writes_html_maps_wired_to_the_coordinate_tables(small_run):
 def test_maps_plots_without_umap(tmp_path):
     """Tiny inputs take the PCA path (no numba compile); the plots return figures, save_figure writes PNGs."""
     dirs = F.normalize(torch.randn(5, 8), dim=1).numpy()
-    xy = maps.umap_coords(dirs)
+    xy = layout.umap_coords(dirs)
     assert xy.shape == (5, 2) and np.isfinite(xy).all()
     centered = dirs - dirs.mean(0)
     assert np.allclose(np.abs(xy[:, 0]), np.abs(centered @ np.linalg.svd(centered)[2][0]), atol=1e-5)
@@ -271,7 +271,7 @@ def test_exact_knn_matches_brute_force(metric):
 
     x = np.random.default_rng(1).normal(size=(300, 12)).astype(np.float32)
     x[7] = x[3]  # a duplicate: each must still come first in its own row
-    idx, dist = maps.exact_knn(x, 10, metric, chunk=64)
+    idx, dist = layout.exact_knn(x, 10, metric, chunk=64)
     full = cdist(x.astype(np.float64), x.astype(np.float64), metric=metric)
     np.fill_diagonal(full, -1.0)
     ref = np.argsort(full, axis=1, kind="stable")[:, :10]
@@ -279,4 +279,4 @@ def test_exact_knn_matches_brute_force(metric):
     np.testing.assert_allclose(dist[:, 1:], np.take_along_axis(full, ref, 1)[:, 1:], atol=1e-6)
     assert (np.diff(dist, axis=1) >= 0).all()
     with pytest.raises(ValueError, match="metric"):
-        maps.exact_knn(x, 5, "manhattan")
+        layout.exact_knn(x, 5, "manhattan")
