@@ -3,7 +3,7 @@
 Below 4,096 rows UMAP itself computes exact neighbours through sklearn's ``pairwise_distances`` with its numba
 metric called once per pair (21 s for 2,304 tiles, 30 s for 3,000 image embeddings on 2 cores); here they come
 from chunked products (``exact_knn``) and are handed to UMAP as ``precomputed_knn``: the same neighbours, well
-under a second.
+under a second (above 4,096 rows, exact ones where UMAP would search approximately).
 """
 
 from __future__ import annotations
@@ -37,10 +37,7 @@ def umap_coords(
     import umap  # imported here: its first use in a process compiles (numba) for about a minute
 
     k = min(n_neighbors, x.shape[0] - 1)
-    # The exact neighbours, given to UMAP: below 4,096 rows it would find the same ones through sklearn's
-    # pairwise_distances with its numba metric called once per pair (21 s for 2,304 tiles on 2 cores; here
-    # well under a second), above that by approximate search.
-    knn = exact_knn(x, k, metric)
+    knn = exact_knn(x, k, metric)  # exact neighbours, handed to UMAP (module docstring)
     reducer = umap.UMAP(
         n_neighbors=k, min_dist=min_dist, metric=metric, random_state=seed,
         n_components=2, init="random" if x.shape[0] < 50 else "spectral", precomputed_knn=(*knn, None),

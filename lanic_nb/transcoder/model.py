@@ -47,7 +47,7 @@ from torch import nn
 from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
 from lanic_nb.transcoder.autograd import _aux_error, _dead_topk, _JumpReLU, _Step, encoder_product
 from lanic_nb.transcoder.config import W_ENC_LAYOUT, TranscoderConfig, TranscoderOutput
-from lanic_nb.transcoder.select import at_least_indices, topk_indices
+from lanic_nb.transcoder.select import at_least_indices, kth_largest, topk_indices
 from lanic_nb.transcoder.sparse import _GatherPre, _SparseDecode, choose
 
 log = logging.getLogger(__name__)
@@ -190,10 +190,7 @@ class TranscoderEnsemble(nn.Module):
         """BatchTopK in training: each member keeps the pre-activations at or above the (k x batch)-th largest of
         its batch (ties included)  # (n_members, 1, 1). Also moves the inference threshold towards it."""
         n, b, d = pre.shape
-        flat = pre.reshape(n, b * d)
-        # The (k x batch)-th largest value: the same whatever the tie-break, so select.py's kernel serves (on 2
-        # cores it takes about a third of torch.topk's time for the demo's 50 x 32,768 -> 2,048).
-        t = flat.gather(-1, topk_indices(flat, min(self.cfg.k * b, b * d))).amin(dim=-1)  # (n_members,)
+        t = kth_largest(pre.reshape(n, b * d), min(self.cfg.k * b, b * d))  # (n_members,)
         self.threshold.lerp_(t.clamp_min(0), 0.01 if self.steps_done > 0 else 1.0)
         return t.view(n, 1, 1)
 

@@ -209,8 +209,7 @@ def _choice_dots(ch: Choices, g_rows: torch.Tensor, w_dec: torch.Tensor) -> torc
     if ch.main is None:
         out = [_dots(ch.flat[:, :k], w, g_rows[:, :b])]
     else:  # padding gets zero: its values are zero in the forward whatever their gradient
-        real = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-            g_rows[:, :b].reshape(n * b, d_out).contiguous(), w, ch.main.latents, ch.main.offsets, ch.main.bag, 0, -1)
+        real = _bag_dots(g_rows[:, :b], w, ch.main.latents, ch.main.offsets, ch.main.bag)
         out = [g_rows.new_zeros(n * b, k).masked_scatter_(ch.main.mask, real)]
     if kk > k:
         out.append(_dots(ch.flat[:, k:], w, g_rows[:, b:]))
@@ -226,5 +225,11 @@ def _dots(flat: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     rows, slots = flat.shape
     offsets = torch.arange(0, rows * slots, slots, device=flat.device)
     bag = torch.arange(rows, device=flat.device).repeat_interleave(slots)
+    return _bag_dots(g, w, flat.reshape(-1), offsets, bag).view(rows, slots)
+
+
+def _bag_dots(g: torch.Tensor, w: torch.Tensor, latents: torch.Tensor, offsets: torch.Tensor,
+              bag: torch.Tensor) -> torch.Tensor:
+    """g[bag[e]] . w[latents[e]] for every entry e of bags given as ``F.embedding_bag``'s 1-D input  # (entries,)."""
     return torch.ops.aten._embedding_bag_per_sample_weights_backward(
-        g.reshape(rows, -1).contiguous(), w, flat.reshape(-1).contiguous(), offsets, bag, 0, -1).view(rows, slots)
+        g.reshape(len(offsets), -1).contiguous(), w, latents.contiguous(), offsets, bag, 0, -1)
