@@ -49,7 +49,7 @@ _ADJ_SUFFIX = ("al", "ic", "ac", "ous", "ary", "ive", "ble", "ar", "ior", "ian")
 
 
 # TODO(H1): replace with ``from lanic_nb.text import split_sentences`` once the shared implementation lands
-# (this is the one concepts copy, moved here from concepts/annotate.py; annotate imports it from here).
+# (this is the one concepts copy, moved here from concepts/annotate.py; concepts.reports imports it from here).
 def split_sentences(text: str) -> list[str]:
     """Report prose -> sentences (on . ; ! ? and line breaks; decimals kept)."""
     parts = re.split(r"(?<!\d)[.;!?](?!\d)|\n+", text or "")

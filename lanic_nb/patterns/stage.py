@@ -18,14 +18,8 @@ import pandas as pd
 import torch
 
 from lanic_nb.classify import load_classifier
-from lanic_nb.concepts.annotate import (
-    AnnotationConfig,
-    annotate_units,
-    finding_groups,
-    mention_matrix,
-    report_purity,
-    top_sentences,
-)
+from lanic_nb.concepts.annotate import AnnotationConfig, annotate_units, finding_groups
+from lanic_nb.concepts.reports import mention_matrix, report_purity, top_sentences
 from lanic_nb.concepts.space import ConceptSpace, concept_space
 from lanic_nb.device import pick_device
 from lanic_nb.embed.store import load_embedded
@@ -95,6 +89,11 @@ class PatternsConfig:
     match_findings: bool = True
     """With contrast: look-alikes share the image's report-labelled findings (``concepts.annotate.finding_groups``),
     so a shortcut concept's finding cancels instead of naming its pattern."""
+    own_auroc: float = 0.9
+    """With match_findings: a finding whose report labels a pattern separates at this AUROC is its subject, not a
+    context to match (``AnnotationConfig.own_auroc``; 1: off). It raised the names' top-1 accuracy on the
+    monosemantic patterns from 0.76 to 0.91 (demo, 33 patterns) and 0.90 to 0.94 (phantom B, 31), on the patterns
+    with a pure gallery 0.80 -> 0.88 and 0.83 -> 0.84; both shortcuts' names unchanged."""
     n_sentences: int = 3
     """Top report sentences per pattern."""
     known_names_only: bool = True
@@ -126,7 +125,8 @@ class PatternsConfig:
     def annotation_config(self) -> AnnotationConfig:
         return AnnotationConfig(top_fraction=self.top_fraction, beta=self.beta, min_images=self.min_images,
                                 max_images=self.max_images, standardize=self.standardize,
-                                contrast_neighbors=self.contrast_neighbors, report_weight=self.report_weight)
+                                contrast_neighbors=self.contrast_neighbors, report_weight=self.report_weight,
+                                own_auroc=self.own_auroc)
 
 
 @dataclass

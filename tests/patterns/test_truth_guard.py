@@ -13,7 +13,8 @@ import torch
 from conftest import TRAINING_STAGES, poisoned_ground_truth
 
 import lanic_nb.evaluation as evaluation
-from lanic_nb.concepts.annotate import annotate_units, mention_matrix, report_purity, top_sentences
+from lanic_nb.concepts.annotate import annotate_units
+from lanic_nb.concepts.reports import mention_matrix, report_purity, top_sentences
 from lanic_nb.concepts.space import concept_space
 from lanic_nb.evaluation import load_ground_truth
 from lanic_nb.io import write_table
