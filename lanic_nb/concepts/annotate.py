@@ -200,6 +200,14 @@ def group_bits(groups: np.ndarray) -> np.ndarray:
     return (groups[:, None] & (1 << np.arange(n_bits, dtype=np.int64))) != 0
 
 
+def label_aurocs(act: np.ndarray, labels: np.ndarray, budget: int = 1 << 25) -> np.ndarray:
+    """(n_units, n_labels) AUROC of each unit's activation for each label column (0 where a label is constant),
+    ``budget`` floats of ranks at a time: at MIMIC's 377,110 films one pass over 5,000 patterns would rank 15 GB."""
+    step = max(1, budget // max(1, len(act)))
+    out = [auroc_matrix(act[:, u : u + step], labels) for u in range(0, act.shape[1], step)]
+    return np.nan_to_num(np.concatenate(out) if out else np.zeros((0, labels.shape[1])), nan=0.0)
+
+
 def unit_groups(groups: np.ndarray, rep: np.ndarray, own_share: float,
                 separates: np.ndarray | None = None) -> np.ndarray:
     """The finding groups (bitmasks, :func:`finding_groups`) one unit compares within: findings that at least
@@ -300,7 +308,7 @@ def annotate_units(
     unit_emb = _unit_rows(np.asarray(embeddings, np.float32)) if cfg.contrast_neighbors else None
     separates = None
     if groups is not None and cfg.contrast_neighbors and cfg.own_auroc < 1:
-        separates = np.nan_to_num(auroc_matrix(act, group_bits(groups)), nan=0.0) >= cfg.own_auroc  # (units, bits)
+        separates = label_aurocs(act, group_bits(groups)) >= cfg.own_auroc  # (units, bits)
     rows = []
     for u in range(act.shape[1]):
         rep = representative_images(act[:, u], cfg)

@@ -20,6 +20,7 @@ from lanic_nb.concepts.annotate import (
     finding_groups,
     fires_on_few,
     group_bits,
+    label_aurocs,
     prompt_names,
     quiet_images,
     representative_images,
@@ -36,6 +37,7 @@ from lanic_nb.concepts.vocabulary import (
     name_alternatives,
 )
 from lanic_nb.data.openi import read_openi_reports
+from lanic_nb.metrics import auroc_matrix
 from lanic_nb.phantom.config import CONCEPTS
 
 
@@ -455,3 +457,13 @@ def test_sparse_part_of_a_finding_is_contrasted_with_films_without_it():
     assert apart.loc[0, "concept_1"] == "a" and apart.loc[0, "category"] == "pleural"
     with pytest.raises(ValueError, match="own_share"):
         AnnotationConfig(own_share_sparse=1.5)
+
+
+def test_label_aurocs_in_chunks_equal_one_pass():
+    rng = np.random.default_rng(5)
+    act = rng.random((300, 7)).astype(np.float32)
+    labels = rng.random((300, 3)) < 0.3
+    labels[:, 2] = False  # a label no film carries: AUROC undefined, 0 here
+    one = label_aurocs(act, labels, budget=1 << 25)
+    assert np.allclose(one[:, :2], auroc_matrix(act, labels)[:, :2]) and (one[:, 2] == 0).all()
+    assert np.array_equal(label_aurocs(act, labels, budget=600), one)  # two units per chunk
