@@ -108,6 +108,19 @@ def name_accuracy(ann: pd.DataFrame, units: np.ndarray, truth: np.ndarray, categ
     return float(cat_ok.mean()), float(con_ok.mean())
 
 
+def named_right(per_unit: pd.DataFrame, annotations: pd.DataFrame, categories: dict[str, str],
+                vocab: pd.DataFrame) -> pd.DataFrame:
+    """per_unit (one row per unit, with ``best_concept``) with whether each unit's name is that planted concept's
+    vocabulary entry (``name_right``) and its category the concept's (``category_right``)."""
+    con_ok, cat_ok = [], []
+    if len(per_unit):
+        got_cat, got_con = _given_names(annotations.set_index("unit"), per_unit["unit"].to_numpy())
+        names = {t: match_concept(t, vocab) for t in set(per_unit["best_concept"])}
+        con_ok = [g == names[t] for g, t in zip(got_con, per_unit["best_concept"], strict=True)]
+        cat_ok = [g == categories.get(t, "") for g, t in zip(got_cat, per_unit["best_concept"], strict=True)]
+    return per_unit.assign(name_right=np.array(con_ok, bool), category_right=np.array(cat_ok, bool))
+
+
 def _given_names(ann: pd.DataFrame, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The category and concept_1 the annotations (indexed by unit) give ``units`` ("" where none)."""
     got = ann.reindex(units)
@@ -179,7 +192,7 @@ def evaluate_unit_sets(
     for name, (act, ann) in unit_sets.items():
         auc = auroc_matrix(act, presence.to_numpy())
         gal = gallery_purity(act, presence.to_numpy(), concepts)
-        per_unit[name] = best_concepts(auc, concepts).merge(gal, on="unit")
+        per_unit[name] = named_right(best_concepts(auc, concepts).merge(gal, on="unit"), ann, cats, vocab)
         rows.append({"units": name} | summarize_units(auc, concepts, cats, ann, vocab, recover_at, monosemantic_at)
                     | summarize_galleries(gal, cats, ann, vocab))
     table = pd.DataFrame(rows)

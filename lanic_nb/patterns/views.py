@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from lanic_nb.patterns.merge import PatternSet
 
@@ -46,3 +47,29 @@ def best_detectors(per_unit: dict[str, pd.DataFrame], table: pd.DataFrame, n: in
 def recovery_table(by_concept: pd.DataFrame) -> pd.DataFrame:
     """recovery_by_concept, concepts the embedding carries best first."""
     return by_concept.sort_values("probe_embedding", ascending=False) if len(by_concept) else by_concept
+
+
+def plot_names(per_unit: dict[str, pd.DataFrame], monosemantic_at: float = 0.9, unit_set: str = "ensemble patterns"):
+    """Per planted concept, its monosemantic patterns (AUROC >= ``monosemantic_at`` for it): how many the text side
+    named right, how many got only the category right, how many neither (phantom only; a note without truth)."""
+    units = per_unit.get(unit_set)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    if units is None or "name_right" not in units or not (units["best_auroc"] >= monosemantic_at).any():
+        ax.text(0.5, 0.5, "no planted truth on this run (or no monosemantic pattern)", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    mono = units[units["best_auroc"] >= monosemantic_at]
+    verdict = np.where(mono["name_right"], "name right", np.where(mono["category_right"], "category only", "wrong"))
+    counts = (pd.crosstab(mono["best_concept"], verdict)
+              .reindex(columns=["name right", "category only", "wrong"], fill_value=0))
+    counts = counts.loc[counts.sum(axis=1).sort_values().index]
+    left = np.zeros(len(counts))
+    for col, color in zip(counts.columns, ["#2a9d8f", "#e9c46a", "#e76f51"], strict=True):
+        ax.barh(counts.index, counts[col], left=left, color=color, label=col)
+        left += counts[col].to_numpy()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(f"patterns with AUROC >= {monosemantic_at:g} for the concept")
+    ax.legend(loc="lower right", frameon=False)
+    ax.set_title(f"{len(mono)} monosemantic patterns: {int(mono['name_right'].sum())} named right", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -67,7 +67,11 @@ def test_evaluate_unit_sets_reads_truth_and_writes_table(tmp_path):
     assert (RunDir(tmp_path).patterns / "evaluation.csv").exists()
     m = headline_metrics(table)
     assert m["recovery"] == 0.5 and m["category_accuracy"] == 1.0 and m["concept_accuracy"] == 1.0
-    assert per_unit["ensemble patterns"].loc[0, "best_concept"] == "pacemaker"
+    units = per_unit["ensemble patterns"]
+    assert units.loc[0, "best_concept"] == "pacemaker" and units.loc[0, "name_right"] and units.loc[0, "category_right"]
+    # "rib fracture" names neither planted concept; its category (device) is pacemaker's, not scoliosis'
+    assert not units.loc[1, "name_right"]
+    assert units.loc[1, "category_right"] == (units.loc[1, "best_concept"] == "pacemaker")
 
 
 def test_probe_is_fitted_on_train_rows_and_scored_on_test_rows():

@@ -20,7 +20,13 @@ from lanic_nb.metrics import auroc_matrix
 from lanic_nb.patterns.merge import PatternSet
 from lanic_nb.patterns.stage import PatternsConfig, load_stage_inputs, run_patterns
 from lanic_nb.patterns.units import pattern_activations
-from lanic_nb.patterns.views import best_detectors, category_table, plot_consistency, recovery_table
+from lanic_nb.patterns.views import (
+    best_detectors,
+    category_table,
+    plot_consistency,
+    plot_names,
+    recovery_table,
+)
 from lanic_nb.rundir import RunDir, load_metrics
 
 METRIC_KEYS = {
@@ -132,6 +138,11 @@ def test_run_patterns_metrics_match_its_tables(pattern_run, patterns_result):
     assert top["best_auroc"].iloc[0] == pytest.approx(best.max())
     fig = plot_consistency(r.patterns)
     assert sum(p.get_height() for p in fig.axes[0].patches) == r.patterns.n_patterns
+    # The names figure: one bar segment per (concept, verdict), adding up to the monosemantic patterns, the
+    # "name right" ones to concept_accuracy of them.
+    bars = plot_names(r.per_unit).axes[0].containers
+    assert len(bars) == 3 and sum(p.get_width() for c in bars for p in c) == m["n_monosemantic"]
+    assert sum(p.get_width() for p in bars[0]) == pytest.approx(m["concept_accuracy"] * m["n_monosemantic"])
 
 
 @pytest.mark.notebook
@@ -142,6 +153,7 @@ def test_run_patterns_without_planted_truth_names_patterns_and_writes_no_evaluat
     (RunDir(run).ground_truth).unlink()
     r = run_patterns(run, small_config(PatternsConfig, "04_patterns"))
     assert r.evaluation.empty and r.by_concept.empty and r.per_unit == {}
+    assert not plot_names(r.per_unit).axes[0].patches  # a note, no bars
     assert not (RunDir(run).patterns / "evaluation.csv").exists()
     assert not (RunDir(run).patterns / "recovery_by_concept.csv").exists()
     assert set(load_metrics(run, "04_patterns")) == METRIC_KEYS
