@@ -20,8 +20,8 @@ At N=100 x 4,096 every pass of the ensemble's encoder over all 377,110 rows cost
 2 cores with the latents chosen from a bfloat16 product, ``lanic_nb.transcoder.inference``); the run makes two (which latents are alive, as notebook 04 decides it; the patterns'
 activations), so those two dominate, beside the few hundred training steps.
 
-Annotation contrasts each pattern's images with their silent look-alikes as notebook 04 does
-(`contrast_neighbors` 10): each pattern searches all rows' embeddings, about 1-3 s per pattern at 377k rows on
+Annotation contrasts each pattern's images with their silent look-alikes as notebook 04 did when this was
+measured (`contrast_neighbors` 10, the default here; notebook 04 now uses 20): each pattern searches all rows' embeddings, about 1-3 s per pattern at 377k rows on
 2 cores (a few hundred patterns: minutes); `--contrast 0` turns it off. Left out: the transcoders' checkpoints
 (they would write ~5 GB of weights and Adam moments every `checkpoint_every` steps).
 """
@@ -130,7 +130,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-consistency", type=float, default=0.25, help="as notebook 04 (25 of 100 members)")
     p.add_argument("--act-rows", type=int, default=8192, help="rows of the merge's co-firing test (MIMIC params)")
     p.add_argument("--alive-rows", type=int, default=0, help="rows that decide which latents are alive (0: all)")
-    p.add_argument("--contrast", type=int, default=10, help="annotation contrast_neighbors (notebook 04: 10; 0: off)")
+    p.add_argument("--contrast", type=int, default=10, help="annotation contrast_neighbors (notebook 04: 20; 0: off)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
