@@ -218,12 +218,12 @@ def unit_groups(groups: np.ndarray, rep: np.ndarray, own_share: float,
     groups = np.asarray(groups, dtype=np.int64)
     if len(rep) == 0:
         return groups
-    labelled = group_bits(groups)
-    own_bits = labelled[rep].mean(axis=0) >= own_share  # (n_bits,)
+    n_bits = max(1, int(groups.max()).bit_length())
+    bits = 1 << np.arange(n_bits, dtype=np.int64)
+    own_bits = ((groups[rep, None] & bits) != 0).mean(axis=0) >= own_share  # (n_bits,), from the rep rows only
     if separates is not None:
-        own_bits |= np.asarray(separates, bool)[: len(own_bits)]
-    own = int((1 << np.flatnonzero(own_bits)).sum()) if own_bits.any() else 0
-    return groups & ~own
+        own_bits |= np.asarray(separates, bool)
+    return groups & ~int(bits[own_bits].sum())
 
 
 def fires_on_few(act: np.ndarray) -> bool:
@@ -320,10 +320,10 @@ def annotate_units(
         if cfg.contrast_neighbors:
             sparse = fires_on_few(act[:, u])
             share = cfg.own_share_sparse if sparse and cfg.own_share_sparse else cfg.own_share
-            told_apart = separates is not None and bool(separates[u].any())
-            keys = None if groups is None else unit_groups(groups, rep, share, None if separates is None else separates[u])
+            told = None if separates is None else separates[u]
+            keys = None if groups is None else unit_groups(groups, rep, share, told)
             quiet = quiet_images(act[:, u], keys)
-            if keys is not None and cfg.own_apart and (sparse or told_apart):
+            if keys is not None and cfg.own_apart and (sparse or (told is not None and told.any())):
                 quiet &= keys == groups  # the look-alikes lack the unit's own findings (see own_apart, own_auroc)
             near = silent_neighbors(unit_emb, rep, quiet, cfg.contrast_neighbors, keys, unit=True)
             if near.shape[1]:

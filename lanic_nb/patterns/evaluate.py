@@ -101,10 +101,7 @@ def name_accuracy(ann: pd.DataFrame, units: np.ndarray, truth: np.ndarray, categ
     planted concepts ``truth``: the category equals the concept's, concept_1 its vocabulary entry."""
     if len(units) == 0:
         return np.nan, np.nan
-    got_cat, got_con = _given_names(ann, units)
-    names = {t: match_concept(t, vocab) for t in set(truth)}
-    cat_ok = np.array([g == categories.get(t, "") for g, t in zip(got_cat, truth, strict=True)])
-    con_ok = np.array([g == names[t] for g, t in zip(got_con, truth, strict=True)])
+    cat_ok, con_ok = _name_checks(ann, units, truth, categories, vocab)
     return float(cat_ok.mean()), float(con_ok.mean())
 
 
@@ -112,13 +109,20 @@ def named_right(per_unit: pd.DataFrame, annotations: pd.DataFrame, categories: d
                 vocab: pd.DataFrame) -> pd.DataFrame:
     """per_unit (one row per unit, with ``best_concept``) with whether each unit's name is that planted concept's
     vocabulary entry (``name_right``) and its category the concept's (``category_right``)."""
-    con_ok, cat_ok = [], []
-    if len(per_unit):
-        got_cat, got_con = _given_names(annotations.set_index("unit"), per_unit["unit"].to_numpy())
-        names = {t: match_concept(t, vocab) for t in set(per_unit["best_concept"])}
-        con_ok = [g == names[t] for g, t in zip(got_con, per_unit["best_concept"], strict=True)]
-        cat_ok = [g == categories.get(t, "") for g, t in zip(got_cat, per_unit["best_concept"], strict=True)]
-    return per_unit.assign(name_right=np.array(con_ok, bool), category_right=np.array(cat_ok, bool))
+    cat_ok, con_ok = _name_checks(annotations.set_index("unit"), per_unit["unit"].to_numpy(),
+                                  per_unit["best_concept"].to_numpy(), categories, vocab)
+    return per_unit.assign(name_right=con_ok, category_right=cat_ok)
+
+
+def _name_checks(ann: pd.DataFrame, units: np.ndarray, truth: np.ndarray, categories: dict[str, str],
+                 vocab: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit, (bool) whether its annotated category is its planted concept's, and its concept_1 the concept's
+    vocabulary entry; ``ann`` indexed by unit."""
+    got_cat, got_con = _given_names(ann, units)
+    names = {t: match_concept(t, vocab) for t in set(truth)}
+    cat_ok = np.array([g == categories.get(t, "") for g, t in zip(got_cat, truth, strict=True)], dtype=bool)
+    con_ok = np.array([g == names[t] for g, t in zip(got_con, truth, strict=True)], dtype=bool)
+    return cat_ok, con_ok
 
 
 def _given_names(ann: pd.DataFrame, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
