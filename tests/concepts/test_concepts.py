@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from lanic_nb.concepts.annotate import (
     fires_on_few,
     group_bits,
     label_aurocs,
+    own_findings,
     prompt_names,
     quiet_images,
     representative_images,
@@ -365,6 +367,20 @@ def test_quiet_images_of_a_dense_unit_per_group():
     assert quiet_images(dense, np.array([0, 0, 1, 1, 0, 0])).tolist() == [True, True, True, False, False, False]
 
 
+def _marker_on_finding(n: int = 1000):
+    """Marker A on 210 films, 180 of them among the 400 films of finding B; a unit that fires most on A, a little on
+    B alone; the text side sees B more clearly. Returns a, b, embeddings, vocabulary, similarity, activations."""
+    rng = np.random.default_rng(2)
+    b = np.arange(n) < 400
+    a = (np.arange(n) < 180) | ((np.arange(n) >= 400) & (np.arange(n) < 430))
+    emb = np.column_stack([0.2 * a, b, rng.normal(0, 0.3, (n, 6))]).astype(np.float32)
+    vocab = pd.DataFrame({"concept": ["a", "b", "c"], "category": ["artifact", "pulmonary", "device"],
+                          "synonyms": [[], [], []]})
+    sim = np.column_stack([0.6 * a + rng.normal(0, 0.5, n), 2 * b + rng.normal(0, 0.5, n), rng.normal(0, 1, n)])
+    act = (np.where(a, 2.0, np.where(b, 1.0, 0.1)) + 0.1 * rng.random(n))[:, None].astype(np.float32)
+    return a, b, emb, vocab, sim, act
+
+
 def test_matched_look_alikes_name_an_unreported_shortcut_marker():
     """A unit detects an unreported marker A that rides on finding B (labelled from the reports: 86% of the
     marker's films carry B) and also excites a little on B alone, so it fires on every film. The text side sees
@@ -372,22 +388,40 @@ def test_matched_look_alikes_name_an_unreported_shortcut_marker():
     names the unit. Matched on the report-labelled findings, B cancels and A names it. (Exciting on every B film,
     this unit also separates B's labels at AUROC 0.96, which with ``own_auroc`` would make B its subject: the
     phantoms' marker detectors follow their finding only through the marker, at 0.84; see the next test.)"""
-    rng = np.random.default_rng(2)
-    n = 1000
-    b = np.arange(n) < 400
-    a = (np.arange(n) < 180) | ((np.arange(n) >= 400) & (np.arange(n) < 430))
-    emb = np.column_stack([0.2 * a, b, rng.normal(0, 0.3, (n, 6))]).astype(np.float32)
-    vocab = pd.DataFrame({"concept": ["a", "b", "c"], "category": ["artifact", "pulmonary", "device"],
-                          "synonyms": [[], [], []]})
-    sim = np.column_stack([0.6 * a + rng.normal(0, 0.5, n), 2 * b + rng.normal(0, 0.5, n), rng.normal(0, 1, n)])
-    act = np.where(a, 2.0, np.where(b, 1.0, 0.1)) + 0.1 * rng.random(n)
-    act = act[:, None].astype(np.float32)
+    a, b, emb, vocab, sim, act = _marker_on_finding()
     labels = np.where(b, 1.0, np.nan)[:, None]
     cfg = AnnotationConfig(max_images=100, contrast_neighbors=5, own_auroc=1.0)
     plain = annotate_units(act, sim, vocab, cfg, embeddings=emb)
     matched = annotate_units(act, sim, vocab, cfg, embeddings=emb, groups=finding_groups(labels))
     assert plain.loc[0, "concept_1"] == "b"
     assert matched.loc[0, "concept_1"] == "a" and matched.loc[0, "category"] == "artifact"
+
+
+def test_a_reported_marker_the_unit_follows_more_closely_than_its_finding_is_no_subject():
+    """The unit of the previous test detects marker A, which rides on finding B, and separates B's labels at AUROC
+    0.96: by ``own_auroc`` alone B is its subject, its look-alikes lack B, and B (clearer on the text side) names
+    it. The reports mention A (as they say "portable AP"), and the unit separates those mentions at 1.0, more
+    closely than B: with ``own_rivals`` (A's category among them) B stays a context to match, cancels, and A
+    names the unit. Without the mentions, or with the rule off, B does."""
+    a, b, emb, vocab, sim, act = _marker_on_finding()
+    n = len(a)
+    groups = finding_groups(np.where(b, 1.0, np.nan)[:, None])
+    mentions = np.column_stack([a, b, np.zeros(n, bool)])
+    cfg = AnnotationConfig(max_images=100, contrast_neighbors=5)
+    found = label_aurocs(act, group_bits(groups))[0, 0]
+    assert cfg.own_auroc <= found < 0.99  # the premise: own_auroc alone makes B the subject
+    assert own_findings(act, groups, replace(cfg, own_rivals=()), mentions, vocab["category"].to_numpy()).all()
+    assert not own_findings(act, groups, cfg, mentions, vocab["category"].to_numpy()).any()
+    rivals = annotate_units(act, sim, vocab, cfg, embeddings=emb, mentions=mentions, groups=groups)
+    assert rivals.loc[0, "concept_1"] == "a" and rivals.loc[0, "category"] == "artifact"
+    for off in (annotate_units(act, sim, vocab, replace(cfg, own_rivals=()), embeddings=emb, mentions=mentions,
+                               groups=groups),
+                annotate_units(act, sim, vocab, cfg, embeddings=emb, groups=groups)):
+        assert off.loc[0, "concept_1"] == "b"
+    # a rival that too few reports mention (fewer than min_images) does not count
+    few = mentions.copy()
+    few[:, 0] = a & (np.arange(n) < 3)
+    assert own_findings(act, groups, cfg, few, vocab["category"].to_numpy()).all()
 
 
 def test_name_alternatives_variants_and_head_words():
