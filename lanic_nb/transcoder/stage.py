@@ -84,6 +84,7 @@ def run_transcoders(run_dir: str | Path, cfg: TranscodersConfig | None = None) -
     model, train_log, members = fit_transcoder_stage(run_dir, device, **params)
     summary = summarize(members)
     summary["train_seconds"] = time.perf_counter() - t0
+    summary["seed"] = cfg.seed  # member i trained with seed + i
     record_metrics(run_dir, "03_transcoders", summary)
     log.info("%d members x %d latents, %d steps in %.0f s on %s", cfg.n_members, cfg.d_dict, cfg.steps,
              summary["train_seconds"], device)
