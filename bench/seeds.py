@@ -25,7 +25,7 @@ import pandas as pd
 from lanic_nb.attribute.stage import AttributionConfig, run_attribution
 from lanic_nb.device import machine_line
 from lanic_nb.patterns.stage import PatternsConfig, run_patterns
-from lanic_nb.rundir import RunDir, load_metrics
+from lanic_nb.rundir import load_metrics
 from lanic_nb.transcoder.stage import TranscodersConfig, run_transcoders
 
 SHARED = ("data", "embed", "classifier")
@@ -56,13 +56,8 @@ def retrain(run_dir: Path, out: Path, seed: int) -> dict:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    for name in SHARED:
+    for name in SHARED:  # the planted truth and the shortcut's definition live in data/
         shutil.copytree(run_dir / name, work / name)
-    metrics = RunDir(work).stage("metrics")
-    for stage in ("00_data", "01_embed", "02_classifier"):  # the truth and the probe ceilings read these
-        src = RunDir(run_dir).metrics_file(stage)
-        if src.exists():
-            shutil.copy2(src, metrics / src.name)
     run_transcoders(work, TranscodersConfig(seed=seed))
     run_patterns(work, PatternsConfig())
     run_attribution(work, AttributionConfig())
@@ -76,7 +71,7 @@ def summary_line(table: pd.DataFrame) -> str:
         v = table[col]
         if col == "shortcut_pattern":
             parts.append(f"{col} {sorted(set(map(str, v)))}")
-        elif v.dtype == bool or col == "shortcut_named":
+        elif col == "shortcut_named":
             parts.append(f"{col} {int(v.astype(bool).sum())}/{len(v)}")
         else:
             v = pd.to_numeric(v, errors="coerce")
