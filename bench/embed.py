@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lanic_nb.device import pick_device
+from lanic_nb.device import machine_line, pick_device
 from lanic_nb.embed.clip_small import SmallClipConfig, train_small_clip
 from lanic_nb.embed.store import ImageRows, embed_manifest
 from lanic_nb.phantom.config import PhantomConfig
@@ -72,7 +72,7 @@ def main() -> None:
             full, bare = measure(run, manifest, arch, n, args.batch_size, args.workers, device)
             parts.append(f"{arch}: full stage {full:.0f} img/s, bare forward {bare:.0f} img/s, ratio {full / bare:.2f}")
     print(f"embed bench ({device.type}, batch={args.batch_size}, workers={args.workers}; target ratio >= 0.7) "
-          + " | ".join(parts))
+          + " | ".join([*parts, machine_line()]))
 
 
 if __name__ == "__main__":

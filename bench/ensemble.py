@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import torch
 
-from lanic_nb.device import keep_freed_memory, pick_device
+from lanic_nb.device import keep_freed_memory, machine_line, pick_device
 from lanic_nb.transcoder.config import TranscoderConfig
 from lanic_nb.transcoder.model import TranscoderEnsemble
 from lanic_nb.transcoder.train import make_optimizer, train_ensemble, train_step
@@ -135,7 +135,7 @@ def main() -> None:
     c = f"(c) MIMIC 377110x512 N=100 d_dict=4096 k=32 batch {args.mimic_batch}: {rate:.0f} samples/s -> " \
         f"{377110 / rate:.0f} s/epoch" + (
         f" (timed with {args.mimic_members} members, scaled)" if args.mimic_members != 100 else "")
-    print(f"ensemble bench on {device} ({torch.get_num_threads()} threads): {a}; {b}; {c}")
+    print(f"ensemble bench on {device} ({torch.get_num_threads()} threads): {a}; {b}; {c} | {machine_line()}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from lanic_nb.device import machine_line
 from lanic_nb.patterns.merge import MergeConfig, merge_latents
 
 # The planted-pattern fixtures are test helpers (the library never ships them): borrow them from tests/.
@@ -55,7 +56,7 @@ def main() -> None:
         f"merge {N}x{D_DICT} latents (d_out {D_OUT}): {t_merge:.1f} s wall ({cpu_merge:.1f} s CPU), "
         f"with activations on {N_ROWS} rows {t_act:.1f} s; one matmul pass {t_base:.1f} s; "
         f"ratio {t_merge / t_base:.2f} / {t_act / t_base:.2f}; patterns {ps.n_patterns} / {ps_act.n_patterns} "
-        f"(planted {N_TRUE}); exact recovery {exact(ps)}/{n_checked} / {exact(ps_act)}/{n_checked}"
+        f"(planted {N_TRUE}); exact recovery {exact(ps)}/{n_checked} / {exact(ps_act)}/{n_checked} | {machine_line()}"
     )
 
 

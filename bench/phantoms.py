@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from lanic_nb.data.labeler import label_report
+from lanic_nb.device import machine_line
 from lanic_nb.phantom.config import PhantomConfig
 from lanic_nb.phantom.generate import generate_image, make_phantom_dataset, view_of
 from lanic_nb.phantom.reports import make_report
@@ -68,7 +69,7 @@ def main() -> None:
     print(
         f"phantoms 224px: make_phantom_dataset {ds:.0f} images/s (all cores); one process {ips:.0f} images/s "
         f"(image+PNG+report+labels), {draw:.0f} drawing only; baseline noise+PNG {base:.0f} images/s; "
-        f"dataset/baseline = {ds / base:.2f}; target >= 100 images/s"
+        f"dataset/baseline = {ds / base:.2f}; target >= 100 images/s | {machine_line()}"
     )
 
 

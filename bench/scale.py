@@ -66,6 +66,7 @@ from lanic_nb.patterns.units import (
     pattern_stats,
 )
 from lanic_nb.rundir import RunDir
+from lanic_nb.transcoder import fused
 from lanic_nb.transcoder.config import TranscoderConfig
 from lanic_nb.transcoder.stage import hidden_targets
 from lanic_nb.transcoder.train import train_ensemble
@@ -198,7 +199,10 @@ def run_all(a, st: Stages, run: RunDir, n: int, n_val: int, n_test: int, n_truth
         fig["s/step (with init)"] = f"{(time.perf_counter() - t0) / a.steps:.2f}"
         del x_tr, h_tr
         n_par = sum(p.numel() for p in ens.parameters())
-        st.arrays["training state (weights, grads, 2 Adam moments)"] = 4 * n_par * 4
+        # On CPU at these widths the update is fused (lanic_nb.transcoder.fused): W_enc and W_dec get no gradients.
+        fused_on = tcfg.d_dict * max(tcfg.d_in, tcfg.d_out) >= fused.FUSED_MIN_WEIGHTS
+        n_grad = n_par - (ens.W_enc.numel() + ens.W_dec.numel()) * fused_on
+        st.arrays["training state (weights, 2 Adam moments, gradients)"] = (3 * n_par + n_grad) * 4
         last = log.iloc[-1]
         fig["final batch FVU"] = f"{last.fvu:.3f}"
         fig["L0"] = f"{last.l0:.1f}"

@@ -79,7 +79,9 @@ class TranscoderConfig:
     the dense encoder product, touch just the chosen latents per row: the decode, every
     gradient and the aux-k loss, through one sort of the choices by latent (``lanic_nb.transcoder.sparse``),
     instead of products over all d_dict latents. Same math (tested), about d_dict / k less work after the
-    encoder; False keeps the dense formulation, the reference the tests compare against."""
+    encoder; False keeps the dense formulation, the reference the tests compare against. On CPU with at least
+    ``fused.FUSED_MIN_WEIGHTS`` weights per member (MIMIC's widths, not the demo's) the weight update also runs
+    as one pass per latent row (``lanic_nb.transcoder.fused``: the gradient sums, AdamW, the normalization)."""
     encoder_precision: str = "float32"
     """Training only: "bfloat16" rounds the two factors of the encoder's forward product (the one product over all
     latents in a sparse step; it chooses the latents and gives their values) to bfloat16 (float32 accumulation
@@ -155,3 +157,5 @@ class TranscoderOutput(NamedTuple):
     aux_loss: torch.Tensor  # (n_members,)
     l1: torch.Tensor  # (n_members,) mean L1 of z per sample
     fvu: torch.Tensor  # (n_members,) fraction of variance of h unexplained
+    fired: torch.Tensor | None = None  # (n_members, d_dict) bool: latents with a positive code in the batch (sparse
+    # training step: from the choices; otherwise None, and ``codes`` tell)

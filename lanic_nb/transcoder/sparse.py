@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from lanic_nb.transcoder.autograd import _flat_latents
+from lanic_nb.transcoder.fused import Sink, sorted_dots, sums
 from lanic_nb.transcoder.select import sort_by_key
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Choices(NamedTuple):
     rows: torch.Tensor | None = None  # (n_choices,) input row (of the flattened (n_members * batch, .) inputs)
     offsets: torch.Tensor | None = None  # (n_members * d_dict,) start of each latent's run (runs may be empty)
     main: Ragged | None = None  # the main choices without their padding (BatchTopK), or None: every one is real
+    sink: Sink | None = None  # where the weight gradients' sums go undone (``fused``), or None: formed here
 
 
 class Ragged(NamedTuple):
@@ -63,12 +65,13 @@ class Ragged(NamedTuple):
 
 
 def choose(idx: torch.Tensor, d_dict: int, k: int, backward: bool = True, width: int = 0,
-           valid: torch.Tensor | None = None) -> Choices:
+           valid: torch.Tensor | None = None, sink: Sink | None = None) -> Choices:
     """The choices idx (n_members, batch, kk), sorted by latent (stably, so sums run in row order) when a backward
     will sum rows per latent (not without a backward, nor where it goes through dense products: weights of
     d_dict x ``width``, the larger of d_in and d_out, within ``DENSE_MAX_WEIGHTS``). ``valid`` (n_members, batch,
     kk) marks real choices where some are padding (their values are zero): padding is left out of the per-latent
-    sums, and of the main choices' decode and value gradients (``Ragged``)."""
+    sums, and of the main choices' decode and value gradients (``Ragged``). With a ``sink`` the sorted path's
+    backward leaves the W_enc and W_dec sums to the fused update (``fused.apply``) instead of forming them."""
     n, b, kk = idx.shape
     flat = _flat_latents(idx, d_dict)  # (n * b, kk)
     main = None
@@ -85,7 +88,7 @@ def choose(idx: torch.Tensor, d_dict: int, k: int, backward: bool = True, width:
     order, counts = sort_by_key(keys, n * d_dict + 1)  # a counting sort: the keys are latents (select.py)
     counts = counts[: n * d_dict]
     order = order[: int(counts.sum())]
-    return Choices(idx, flat, k, order, order.div(kk, rounding_mode="floor"), counts.cumsum(0) - counts, main)
+    return Choices(idx, flat, k, order, order.div(kk, rounding_mode="floor"), counts.cumsum(0) - counts, main, sink)
 
 
 def per_latent_sum(ch: Choices, rows: torch.Tensor, source: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -125,16 +128,20 @@ class _GatherPre(torch.autograd.Function):
             if ctx.needs_input_grad[3]:
                 g_x = F.embedding_bag(ch.flat, w_enc.reshape(n * d_dict, d_in), mode="sum",
                                       per_sample_weights=g.reshape(n * b, kk)).view(n, b, d_in)
-            if ctx.needs_input_grad[4]:
+            if ctx.needs_input_grad[4] and ch.sink is not None:
+                ch.sink.enc = sums(ch.rows, g_flat, ch.order, xc.reshape(n * b, d_in), ch.offsets)
+            elif ctx.needs_input_grad[4]:
                 g_w = per_latent_sum(ch, ch.rows, xc.reshape(n * b, d_in), g_flat.index_select(0, ch.order)).view(n, d_dict, d_in)
             if ctx.needs_input_grad[5] or ctx.needs_input_grad[6]:
                 g_b = g.new_zeros(n * d_dict).index_add_(0, ch.flat.reshape(-1), g_flat).view(n, d_dict)
-        if ctx.needs_input_grad[6]:
+        if ctx.needs_input_grad[6] and ch.sink is not None and ch.sink.enc is not None:
+            ch.sink.enc.bias = g_b.reshape(-1)  # the fused pass over W_enc forms b_pre's gradient on its way
+        elif ctx.needs_input_grad[6]:
             g_pre_bias = -torch.bmm(g_b.unsqueeze(1), w_enc).squeeze(1)  # x - b_pre: minus what x would get
         return None, None, None, g_x, g_w, g_b if ctx.needs_input_grad[5] else None, g_pre_bias
 
 
-def _embedding_sums(flat: torch.Tensor, weight: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+def _embedding_sums(weight: torch.Tensor, flat: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
     """sum_j vals[r, j] * weight[flat[r, j]] per row r  # (rows, width)."""
     return F.embedding_bag(flat, weight, mode="sum", per_sample_weights=vals)
 
@@ -150,11 +157,11 @@ class _SparseDecode(torch.autograd.Function):
         k = ch.k
         w = w_dec.reshape(n * d_dict, d_out)
         if ch.main is None:
-            h = _embedding_sums(ch.flat[:, :k], w, vals[..., :k].reshape(n * b, k)).view(n, b, d_out)
+            h = _embedding_sums(w, ch.flat[:, :k], vals[..., :k].reshape(n * b, k)).view(n, b, d_out)
         else:  # the real main choices only, one bag per row
             h = F.embedding_bag(ch.main.latents, w, ch.main.offsets, mode="sum",
                                 per_sample_weights=vals[..., :k].reshape(n * b, k)[ch.main.mask]).view(n, b, d_out)
-        e = (_embedding_sums(ch.flat[:, k:], w, vals[..., k:].reshape(n * b, kk - k)).view(n, b, d_out)
+        e = (_embedding_sums(w, ch.flat[:, k:], vals[..., k:].reshape(n * b, kk - k)).view(n, b, d_out)
              if kk > k else h.new_zeros(()).expand(n, b, d_out))  # no aux-k: a zero view, nothing allocated
         ctx.set_materialize_grads(False)  # an unused e gets no (n, batch, d_out) zeros either
         ctx.ch = ch
@@ -174,8 +181,16 @@ class _SparseDecode(torch.autograd.Function):
             g_e = torch.zeros_like(g_h)
         # Stack the two outputs' gradients so one per-latent sum serves main and aux-k choices alike.
         g_rows = torch.cat([g_h, g_e], dim=1) if kk > k else g_h  # (n, b or 2b, d_out)
-        g_vals = g_w = None
-        if ctx.needs_input_grad[0]:
+        g_vals = g_w = rows = None
+        if ch.order is not None:
+            rows = ch.rows
+            if kk > k:  # aux-k choices read the e rows, which follow the h rows of their member
+                member = rows.div(b, rounding_mode="floor")
+                rows = rows + b * (member + (ch.order % kk >= k))
+        if ctx.needs_input_grad[0] and ch.sink is not None:  # the fused CPU step: one pass over the chosen rows
+            g_vals = sorted_dots(g_rows.reshape(-1, d_out), w_dec.reshape(n * d_dict, d_out), rows, ch.order,
+                                 ch.offsets, n * b * kk).view(n, b, kk)
+        elif ctx.needs_input_grad[0]:
             g_vals = _choice_dots(ch, g_rows, w_dec)
         if ctx.needs_input_grad[1] and ch.order is None:  # few latents: the codes scattered, one product
             z = vals.new_zeros(n, g_rows.shape[1], d_dict)  # (n, b or 2b, d_dict): main codes, then aux-k ones
@@ -184,12 +199,11 @@ class _SparseDecode(torch.autograd.Function):
                 z[:, b:].scatter_add_(-1, ch.idx[..., k:], vals[..., k:])
             g_w = torch.bmm(z.transpose(1, 2), g_rows)
         elif ctx.needs_input_grad[1]:
-            rows = ch.rows
-            if kk > k:  # aux-k choices read the e rows, which follow the h rows of their member
-                member = rows.div(b, rounding_mode="floor")
-                rows = rows + b * (member + (ch.order % kk >= k))
-            g_w = per_latent_sum(ch, rows, g_rows.reshape(-1, d_out), vals.reshape(-1).index_select(0, ch.order))
-            g_w = g_w.view(n, d_dict, d_out)
+            if ch.sink is not None:
+                ch.sink.dec = sums(rows, vals.detach().reshape(-1), ch.order, g_rows.reshape(-1, d_out), ch.offsets)
+            else:
+                weights = vals.reshape(-1).index_select(0, ch.order)
+                g_w = per_latent_sum(ch, rows, g_rows.reshape(-1, d_out), weights).view(n, d_dict, d_out)
         return g_vals, g_w, None
 
 

@@ -17,6 +17,7 @@ from lanic_nb.checkpoint import load_training_tensors, training_tensors
 from lanic_nb.device import keep_freed_memory
 from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
 from lanic_nb.progress import progress as progress_bar
+from lanic_nb.transcoder import fused
 from lanic_nb.transcoder.config import TranscoderConfig, TranscoderOutput
 from lanic_nb.transcoder.model import TranscoderEnsemble
 
@@ -97,15 +98,23 @@ def make_optimizer(model: TranscoderEnsemble) -> torch.optim.AdamW:
 
 def train_step(model: TranscoderEnsemble, opt: torch.optim.Optimizer, x: torch.Tensor,
                h: torch.Tensor) -> TranscoderOutput:
-    """One optimizer step for all members on their own minibatches x (n_members, batch, d_in), h (..., d_out)."""
-    out = model(x, h)
-    opt.zero_grad(set_to_none=True)
-    out.loss.backward()
-    opt.step()
+    """One optimizer step for all members on their own minibatches x (n_members, batch, d_in), h (..., d_out).
+
+    Where ``fused.applies`` (large CPU ensembles) the weights' gradient sums, AdamW and the decoder's
+    normalization run as one pass per latent row (``fused.apply``), with the same arithmetic."""
+    model.sink = fused.Sink() if fused.applies(model, opt) else None
+    try:
+        out = model(x, h)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+    finally:
+        sink, model.sink = model.sink, None
+    decoder_done = sink is not None and fused.apply(model, opt, sink)  # first: it forms b_pre's gradient
+    opt.step()  # every parameter with a gradient: all of them, or the biases where the sink took the weights
     with torch.no_grad():
-        fired = out.codes.amax(dim=1) > 0  # (n_members, d_dict); codes are never negative
+        fired = out.fired if out.fired is not None else out.codes.amax(dim=1) > 0  # (n_members, d_dict)
         model.steps_since_fired.add_(1).masked_fill_(fired, 0)
-        if model.cfg.normalize_decoder:
+        if model.cfg.normalize_decoder and not decoder_done:
             model.normalize_decoder_()
     return out
 
