@@ -93,6 +93,8 @@ def test_the_rule_fuses_large_cpu_steps_only(monkeypatch):
     assert not fused.applies(big.eval(), make_optimizer(big))
     assert not fused.applies(big.train(), torch.optim.AdamW(big.parameters(), amsgrad=True))
     assert not fused.applies(big, torch.optim.SGD(big.parameters(), lr=0.1))
+    assert fused.applies(big, torch.optim.Adam(big.parameters()))
+    assert not fused.applies(big, torch.optim.Adam(big.parameters(), weight_decay=0.1))  # L2 through the gradient
     assert not fused.applies(TranscoderEnsemble(cfg(d_dict=2048, d_in=256, d_out=512, n_members=1,
                                                     sparse_topk=False)).train(), make_optimizer(big))
 
