@@ -42,15 +42,14 @@ _BLOCK = 32  # latents per parallel task (one gradient buffer each)
 
 @dataclass
 class Sums:
-    """One weight's gradient as per-latent sums: grad[j] = sum over e in [starts[j], ends[j]) of
-    weights[order[e]] * source[rows[e]]."""
+    """One weight's gradient as per-latent sums: grad[j] = sum over e in [starts[j], starts[j + 1]) (the last run
+    ends with the choices) of weights[order[e]] * source[rows[e]]."""
 
     rows: torch.Tensor  # (n_choices,) int64 rows of source, in the latent-sorted order
     weights: torch.Tensor  # (n_members * batch * slots,) float32, one per choice in the unsorted order
     order: torch.Tensor  # (n_choices,) int64 the sorted order: positions in weights
     source: torch.Tensor  # (n_source_rows, width) float32
-    starts: torch.Tensor  # (n_members * d_dict,) int64
-    ends: torch.Tensor  # (n_members * d_dict,) int64
+    starts: torch.Tensor  # (n_members * d_dict,) int64 start of each latent's run (``sparse.Choices.offsets``)
     bias: torch.Tensor | None = None  # (n_members * d_dict,) W_enc only: b_enc's gradient, for b_pre's
 
 
@@ -83,9 +82,7 @@ def sums(rows: torch.Tensor, weights: torch.Tensor, order: torch.Tensor, source:
          offsets: torch.Tensor) -> Sums:
     """The per-latent sums of ``sparse.per_latent_sum`` (weights taken through ``order``, offsets: start of each
     latent's run), left undone."""
-    ends = torch.cat([offsets[1:], offsets.new_tensor([len(rows)])])
-    return Sums(rows.contiguous(), weights.contiguous(), order.contiguous(), source.contiguous(),
-                offsets.contiguous(), ends)
+    return Sums(rows.contiguous(), weights.contiguous(), order.contiguous(), source.contiguous(), offsets.contiguous())
 
 
 @torch.no_grad()
@@ -114,7 +111,7 @@ def apply(model: torch.nn.Module, opt: torch.optim.Optimizer, sink: Sink) -> boo
         partial = p.new_empty(tasks if s.bias is not None else 0, width)  # per task: sum of bias_j W[j]
         _adam_rows(p.detach().view(-1, width).numpy(), state["exp_avg"].view(-1, width).numpy(),
                    state["exp_avg_sq"].view(-1, width).numpy(), s.source.numpy(), s.weights.numpy(),
-                   s.order.numpy(), s.rows.numpy(), s.starts.numpy(), s.ends.numpy(), f32(lr / (1 - beta1**step)),
+                   s.order.numpy(), s.rows.numpy(), s.starts.numpy(), f32(lr / (1 - beta1**step)),
                    f32(math.sqrt(1 - beta2**step)), f32(beta1), f32(1 - beta1), f32(beta2), f32(1 - beta2),
                    f32(eps), f32(1 - lr * wd), normalize, d_dict, bias.numpy(), partial.numpy())
         if s.bias is not None:
@@ -135,15 +132,14 @@ def sorted_dots(g: torch.Tensor, w: torch.Tensor, rows: torch.Tensor, order: tor
     backward of embedding_bag (``sparse._bag_dots``) dots choice by choice on one thread: on one step's choices at
     MIMIC's shapes (10 x 256 rows, k 32) 1.05 ms per member against 0.52 here."""
     out = g.new_zeros(size)
-    ends = torch.cat([offsets[1:], offsets.new_tensor([len(rows)])])
     _sorted_dots(g.contiguous().numpy(), w.detach().contiguous().numpy(), rows.contiguous().numpy(),
-                 order.contiguous().numpy(), offsets.contiguous().numpy(), ends.numpy(), out.numpy())
+                 order.contiguous().numpy(), offsets.contiguous().numpy(), out.numpy())
     return out
 
 # Reassociation and fused multiply-adds only (no reciprocal or NaN-free shortcuts): they let LLVM vectorize the
 # sums, and the decoder row's squared norm, a reduction it keeps scalar otherwise.
 @_jit(parallel=True, fastmath={"reassoc", "contract", "nsz"}, boundscheck=False, cache=True)
-def _adam_rows(w, exp_avg, exp_avg_sq, source, weights, order, rows, starts, ends, step_size, bc2_sqrt, beta1,
+def _adam_rows(w, exp_avg, exp_avg_sq, source, weights, order, rows, starts, step_size, bc2_sqrt, beta1,
                one_m_beta1, beta2, one_m_beta2, eps, decay, normalize, d_dict, bias,
                partial):  # pragma: no cover - numba-compiled
     width = w.shape[1]
@@ -161,7 +157,8 @@ def _adam_rows(w, exp_avg, exp_avg_sq, source, weights, order, rows, starts, end
                     partial[task, t] += bias[j] * w[j, t]
             for t in range(width):
                 grad[t] = 0.0
-            for e in range(starts[j], ends[j]):  # in row order, as embedding_bag sums
+            end = starts[j + 1] if j + 1 < len(starts) else len(rows)
+            for e in range(starts[j], end):  # in row order, as embedding_bag sums
                 a = weights[order[e]]
                 r = rows[e]
                 for t in range(width):
@@ -184,12 +181,13 @@ def _adam_rows(w, exp_avg, exp_avg_sq, source, weights, order, rows, starts, end
 
 
 @_jit(parallel=True, fastmath={"reassoc", "contract", "nsz"}, boundscheck=False, cache=True)
-def _sorted_dots(g, w, rows, order, starts, ends, out):  # pragma: no cover - numba-compiled
+def _sorted_dots(g, w, rows, order, starts, out):  # pragma: no cover - numba-compiled
     width = w.shape[1]
     n_rows = w.shape[0]
     for blk in _prange((n_rows + _BLOCK - 1) // _BLOCK):
         for j in range(blk * _BLOCK, min(n_rows, (blk + 1) * _BLOCK)):
-            for e in range(starts[j], ends[j]):
+            end = starts[j + 1] if j + 1 < len(starts) else len(rows)
+            for e in range(starts[j], end):
                 r = rows[e]
                 acc = np.float32(0.0)
                 for t in range(width):

@@ -260,10 +260,11 @@ class TranscoderEnsemble(nn.Module):
         err, var, fvu = self._losses(h_hat, h)
         aux = _aux_error(e_hat, h - h_hat.detach(), dead, var) if aux_on else zero
         loss = (fvu + cfg.aux_coeff * aux).sum()  # summed over members, as in the dense path
-        # The latents that fired, from the choices: a pass over the dense codes cost 0.25 ms per MIMIC member-step.
-        fired = vals.new_zeros(cfg.n_members * cfg.d_dict).index_add_(0, ch.flat[:, :k].reshape(-1),
-                                                                      vals.detach().reshape(-1)) > 0  # codes >= 0
-        return TranscoderOutput(h_hat, codes, loss, err / cfg.d_out, aux, l1, fvu, fired.view(cfg.n_members, -1))
+        fired = None  # training only (train_step's bookkeeping): from the choices, not a pass over the dense codes
+        if self.training:  # (0.25 ms per MIMIC member-step)
+            fired = vals.new_zeros(cfg.n_members * cfg.d_dict).index_add_(
+                0, ch.flat[:, :k].reshape(-1), vals.detach().reshape(-1)).gt(0).view(cfg.n_members, -1)  # codes >= 0
+        return TranscoderOutput(h_hat, codes, loss, err / cfg.d_out, aux, l1, fvu, fired)
 
     def _aux_loss(self, pre: torch.Tensor, residual: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         """Aux-k (Gao et al. 2024): the top dead latents, decoded without bias, predict the residual."""
