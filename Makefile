@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: demo test venv system lint bench clean-notebooks phantom-encoder
+.PHONY: demo test venv system lint bench docs results clean-notebooks phantom-encoder
 
 venv: $(STAMP)
 
@@ -54,9 +54,24 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -e ".[bench]" "torch==2.14.1" "torchvision==0.29.1"
 	touch $(BENCH_STAMP)
 
+# Each benchmark's one line of figures is recorded in runs/bench/<name>.json (bench/record.py); `make results` turns
+# them into docs/benchmarks.md's table. scale.py and seeds.py run for tens of minutes: run them by hand.
 bench: $(BENCH_STAMP)
 	$(PY) -c "from lanic_nb.device import machine_line; print(machine_line())"
-	for b in bench/*.py; do case $$b in bench/scale*|bench/seeds*) continue;; esac; $(PY) $$b || exit 1; done
+	for b in bench/*.py; do case $$b in bench/scale*|bench/seeds*|bench/record*|bench/gpu*) continue;; esac; \
+	  $(PY) bench/record.py $$b || exit 1; done
+
+# The documentation (guides, settings, results, decisions, API reference from the docstrings) as HTML in site/,
+# offline. docs/settings.md is regenerated from the code first.
+docs: $(STAMP)
+	$(PY) -m lanic_nb.report --settings-only
+	$(PY) -m mkdocs build --strict --site-dir site
+	@echo "open site/index.html"
+
+# docs/results.md, README's figures table and docs/benchmarks.md's table from the runs' metrics (never by hand).
+# runs/phantom_b: `$(PY) -m lanic_nb.run_notebooks --run-dir runs/phantom_b --params phantom_b --only 00 01 02 03 04 05 06`
+results: $(STAMP)
+	$(PY) -m lanic_nb.report --run demo=$(RUN) --run "phantom B=runs/phantom_b" --bench runs/bench
 
 # The shipped phantom encoder's recipe, resumable: rerun to continue after an interruption (hours on 2 CPU cores,
 # minutes on a GPU). Writes lanic_nb/resources/phantom_encoder/ (weights, tokenizer, card.json, fingerprint).

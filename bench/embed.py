@@ -3,8 +3,9 @@
     .venv/bin/python bench/embed.py [--n 512] [--batch-size 128] [--workers 2] [--device auto]
 
 Measured for the demo's small CLIP and for a ViT-B/16-sized image tower (BiomedCLIP's size), both
-untrained (speed does not depend on the weights), on phantom images (224 px PNGs) in the same run. The full stage is ``embed_manifest`` on a manifest without reports (image
-side only); the bare forward is ``encode_images`` on the same images already decoded and preprocessed.
+untrained (speed does not depend on the weights), on phantom images (224 px PNGs) in the same run. The full
+stage is ``embed_manifest`` on a manifest without reports (image side only); the bare forward is
+``encode_images`` on the same images already decoded and preprocessed.
 Target: ratio = full / bare >= 0.7 (loading and preprocessing cost at most 30%).
 """
 

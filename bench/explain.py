@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lanic_nb.classify import ClassifierConfig, DiagnosticClassifier, save_classifier
+from lanic_nb.classify.model import ClassifierConfig, DiagnosticClassifier, save_classifier
 from lanic_nb.device import machine_line, pick_device
 from lanic_nb.embed.clip_small import SmallClipConfig, train_small_clip
 from lanic_nb.embed.store import embed_manifest

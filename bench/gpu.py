@@ -59,8 +59,8 @@ def main() -> None:
           f"projected on {device.type}: " + "; ".join(
               f"{r.name} {r.ms * sh.members * steps / 1e3:,.0f} s" for r in res))
     best = ours(res)
-    print(f"lanic-nb ({best.name}) vs fastest peer on {device.type}, N={sh.members}: {fastest_peer(res) / best.ms:.2f}x "
-          f"({time.perf_counter() - t0:.0f} s in all)")
+    print(f"lanic-nb ({best.name}) vs fastest peer on {device.type}, N={sh.members}: "
+          f"{fastest_peer(res) / best.ms:.2f}x ({time.perf_counter() - t0:.0f} s in all)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from lanic_nb.patterns.merge import MergeConfig, merge_latents
 
 # The planted-pattern fixtures are test helpers (the library never ships them): borrow them from tests/.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from planted_helpers import plant_codes, plant_decoders  # noqa: E402
+from helpers import plant_codes, plant_decoders  # noqa: E402 (tests/helpers.py)
 
 N, D_DICT, D_OUT, N_TRUE, N_ROWS = 100, 4096, 256, 5000, 2048
 

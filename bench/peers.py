@@ -130,7 +130,8 @@ class Ours:
 
     def step(self, step: int, data: Data, rows: torch.Tensor) -> None:
         x = rows_of(data.X, rows)  # (members, batch, d)
-        train_step(self.model, self.opt, x, rows_of(data.H, rows) if self.transcoder else x)  # an SAE's target is its input
+        train_step(self.model, self.opt, x,
+                   rows_of(data.H, rows) if self.transcoder else x)  # an SAE's target is its input
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,13 +17,15 @@ summary line.
     .venv/bin/python bench/scale.py --work /data/scale --keep         # keep the run folder (gallery.html)
 
 At N=100 x 4,096 every pass of the ensemble's encoder over all 377,110 rows costs ~160 TFLOP (about 17 min on
-2 cores with the latents chosen from a bfloat16 product, ``lanic_nb.transcoder.inference``); the run makes two (which latents are alive, as notebook 04 decides it; the patterns'
-activations), so those two dominate, beside the few hundred training steps.
+2 cores with the latents chosen from a bfloat16 product, ``lanic_nb.transcoder.inference``); the run makes two
+(which latents are alive, as notebook 04 decides it; the patterns' activations), so those two dominate, beside
+the few hundred training steps.
 
 Annotation contrasts each pattern's images with their silent look-alikes as notebook 04 did when this was
-measured (`contrast_neighbors` 10, the default here; notebook 04 now uses 20): each pattern searches all rows' embeddings, about 1-3 s per pattern at 377k rows on
-2 cores (a few hundred patterns: minutes); `--contrast 0` turns it off. Left out: the transcoders' checkpoints
-(they would write ~5 GB of weights and Adam moments every `checkpoint_every` steps).
+measured (`contrast_neighbors` 10, the default here; notebook 04 now uses 20): each pattern searches all rows'
+embeddings, about 1-3 s per pattern at 377k rows on 2 cores (a few hundred patterns: minutes); `--contrast 0`
+turns it off. Left out: the transcoders' checkpoints (they would write ~5 GB of weights and Adam moments every
+`checkpoint_every` steps).
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lanic_nb.artifacts import PATTERN_TABLE
 from lanic_nb.attribute.core import attribute, patterns_for_mass
-from lanic_nb.classify import (
+from lanic_nb.classify.model import (
     ClassifierConfig,
+    hidden_targets,
     predict_logits,
     save_classifier,
     train_classifier,
@@ -57,7 +61,7 @@ from lanic_nb.io import write_table
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.metrics import auroc_matrix, mean_auroc
 from lanic_nb.patterns.merge import MergeConfig, merge_latents
-from lanic_nb.patterns.stage import PATTERN_TABLE, assemble_pattern_table
+from lanic_nb.patterns.stage import assemble_pattern_table
 from lanic_nb.patterns.units import (
     latent_alive,
     latent_codes,
@@ -68,7 +72,6 @@ from lanic_nb.patterns.units import (
 from lanic_nb.rundir import RunDir
 from lanic_nb.transcoder import fused
 from lanic_nb.transcoder.config import TranscoderConfig
-from lanic_nb.transcoder.stage import hidden_targets
 from lanic_nb.transcoder.train import train_ensemble
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -248,7 +251,8 @@ def run_all(a, st: Stages, run: RunDir, n: int, n_val: int, n_test: int, n_truth
         ann = annotate_units(act, sim, vocab, acfg, embeddings=x if a.contrast else None)
         t.append(time.perf_counter())
         del sim
-        fig["s activations/stats/similarity/annotate"] = "/".join(f"{t1 - t0:.1f}" for t0, t1 in zip(t, t[1:], strict=False))
+        fig["s activations/stats/similarity/annotate"] = "/".join(f"{t1 - t0:.1f}"
+                                                                 for t0, t1 in zip(t, t[1:], strict=False))
         table = assemble_pattern_table(ps, stats, effects, ann)
         fig["concepts"] = len(vocab)
         fig["contrast_neighbors"] = a.contrast
@@ -272,7 +276,8 @@ def run_all(a, st: Stages, run: RunDir, n: int, n_val: int, n_test: int, n_truth
         del ens
         data = GalleryData.from_run(run.root, split="test", device="cpu")  # attributes the test images again
         st.track("gallery contributions (float64)", data.attribution.contributions)
-        out = export_html(run.root, data=data, title="lanic-nb scale dry run (synthetic embeddings, phantom thumbnails)")
+        out = export_html(run.root, data=data,
+                          title="lanic-nb scale dry run (synthetic embeddings, phantom thumbnails)")
         page = out.read_text(encoding="utf-8")
         fig["image cards"] = page.count("class='card image-card'")
         fig["pattern cards"] = page.count("class='card pattern-card'")

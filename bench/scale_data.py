@@ -6,9 +6,9 @@ own probability, 2-20%, magnitude uniform in [0.5, 1.5]) plus Gaussian noise, L2
 five is positive when one of its directions (k % 5 == j) is strongly present (then 5% of labels flipped, 5%
 uncertain, 30% missing), so the classifier's masked loss sees every label kind. Every direction feeds a
 finding on purpose: a direction the labels ignore gets little variance in the classifier's hidden layer,
-and the transcoders, which reconstruct that layer, have little reason to spend a latent on it. The store is written with the
-library's own embedding-store layout (lanic_nb.embed.store), so the gallery and load_embedded read it as
-they read a real run's.
+and the transcoders, which reconstruct that layer, have little reason to spend a latent on it. The store is
+written with the library's own embedding-store layout (lanic_nb.embed.store), so the gallery and
+load_embedded read it as they read a real run's.
 """
 
 from __future__ import annotations

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from lanic_nb.attribute.stage import AttributionConfig, run_attribution
+from lanic_nb.attribute.stage import run_attribution
 from lanic_nb.device import machine_line
-from lanic_nb.patterns.stage import PatternsConfig, run_patterns
+from lanic_nb.patterns.stage import run_patterns
 from lanic_nb.rundir import load_metrics
-from lanic_nb.transcoder.stage import TranscodersConfig, run_transcoders
+from lanic_nb.settings import stage_config
+from lanic_nb.transcoder.stage import run_transcoders
 
 SHARED = ("data", "embed", "classifier")
 """What the retrained stages read from the finished run (copied, never written)."""
@@ -50,17 +51,18 @@ def figures(run_dir: Path) -> dict:
     return row
 
 
-def retrain(run_dir: Path, out: Path, seed: int) -> dict:
-    """Notebooks 03, 04 and 06 with ensemble seed ``seed`` on a copy of ``run_dir``'s inputs; their figures."""
+def retrain(run_dir: Path, out: Path, seed: int, params: str = "demo") -> dict:
+    """Notebooks 03, 04 and 06 with the settings of ``params`` and ensemble seed ``seed`` on a copy of ``run_dir``'s
+    inputs; their figures."""
     work = out / f"seed{seed}"
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     for name in SHARED:  # the planted truth and the shortcut's definition live in data/
         shutil.copytree(run_dir / name, work / name)
-    run_transcoders(work, TranscodersConfig(seed=seed))
-    run_patterns(work, PatternsConfig())
-    run_attribution(work, AttributionConfig())
+    run_transcoders(work, stage_config("03_transcoders", params, {"transcoder": {"seed": seed}}))
+    run_patterns(work, stage_config("04_patterns", params))
+    run_attribution(work, stage_config("06_attribution", params))
     return figures(work)
 
 
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", type=Path, required=True, help="a run with notebooks 00-06 done")
     ap.add_argument("--seeds", type=int, nargs="+", default=[100, 200])
+    ap.add_argument("--params", default="demo", help="the params file the run was made with (e.g. phantom_b)")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: <run-dir>_seeds)")
     args = ap.parse_args(argv)
     run_dir = args.run_dir.resolve()
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"seed": int(own.get("seed", 0)), **figures(run_dir)}]
     for seed in args.seeds:
         t0 = time.perf_counter()
-        rows.append({"seed": seed, **retrain(run_dir, out, seed)})
+        rows.append({"seed": seed, **retrain(run_dir, out, seed, args.params)})
         print(f"seed {seed}: {time.perf_counter() - t0:.0f} s; " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float)
               else f"{k} {v}" for k, v in rows[-1].items() if k != "seed"), flush=True)
     table = pd.DataFrame(rows)

@@ -75,7 +75,8 @@ def batch_topk_line(repeats: int, n: int = 50, b: int = 128, d: int = 256, k: in
     kmax = int((pre >= t.view(n, 1, 1)).sum(-1).max())
     keys = (torch.topk(pre, kmax, dim=-1).indices + d * torch.arange(n).view(n, 1, 1)).reshape(-1)
     same = (torch.equal(threshold_ours(), t)
-            and torch.equal(torch.where(pre.gather(-1, at_least_indices(pre, t, kmax)) >= t.view(n, 1, 1), 1, 0).sum(-1),
+            and torch.equal(torch.where(pre.gather(-1, at_least_indices(pre, t, kmax)) >= t.view(n, 1, 1),
+                                        1, 0).sum(-1),
                             (pre >= t.view(n, 1, 1)).sum(-1))
             and torch.equal(sort_by_key(keys, n * d)[0], keys.sort(stable=True).indices))
     rows = [

@@ -31,9 +31,9 @@ def keep_freed_memory() -> bool:
 
     A CPU training step allocates and frees tensors of tens of MB (the ensemble's gradients, the per-latent
     sums). glibc serves blocks over 32 MB with fresh ``mmap`` pages and returns them on free, so every step pays
-    a page fault per 4 KiB touched: measured at MIMIC shapes (10 members x 4,096 latents), about 54,000 faults
-    and a quarter of the step. Raising the mmap and trim thresholds to 1 GiB keeps those pages mapped and
-    reused (in the steady state mostly 0 faults per step; tested); peak memory is unchanged, but memory freed
+    a page fault per 4 KiB touched, a large share of a wide step (docs/decisions.md#step-keep_freed_memory).
+    Raising the mmap and trim thresholds to 1 GiB keeps those pages mapped and reused (in the steady state a
+    step takes almost no faults; tested); peak memory is unchanged, but memory freed
     after the peak stays with the process until it exits. Called once by ``train_ensemble``; True when the
     settings were taken. PyTorch's CPU tuning guide reaches the same end by preloading jemalloc or tcmalloc.
     """
@@ -43,7 +43,7 @@ def keep_freed_memory() -> bool:
         if sys.platform.startswith("linux"):
             try:
                 libc = ctypes.CDLL("libc.so.6")
-                # Not M_TOP_PAD as well: measured, a large pad brings the faults back.
+                # Not M_TOP_PAD as well: a large pad brings the faults back (docs/decisions.md#step-keep_freed_memory).
                 settings = ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 1 << 30))
                 _KEPT = all(libc.mallopt(opt, ctypes.c_int(val)) == 1 for opt, val in settings)
             except (OSError, AttributeError):  # not glibc (musl, say): nothing to tune
@@ -62,8 +62,8 @@ def seed_everything(seed: int) -> None:
 def matmul_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu") -> float:
     """Median fp32 GFLOP/s of an ``n``-cubed matmul: the one-line machine speed printed beside timings.
 
-    Machines of the same kind differ about 2x (130 vs 71 GFLOP/s on two 2-core runners), so every
-    timing the project reports names this figure.
+    Machines of the same kind can differ widely in speed, so every timing the project reports names this
+    figure (docs/decisions.md#machines-and-sessions).
     """
     import time
 

@@ -9,6 +9,7 @@ concepts' co-occurrence); evaluation code calls ``load_ground_truth`` / ``load_s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,23 @@ from lanic_nb.io import read_json, read_table
 from lanic_nb.rundir import RunDir
 
 GROUND_TRUTH_COLUMNS = ("image_id", "concept", "category", "present", "side", "severity")
+
+
+@dataclass
+class EvaluationConfig:
+    """How units are scored against the planted truth (phantom runs only; nothing else reads these)."""
+
+    recover_at: float = 0.95
+    """A planted concept counts as recovered when some unit separates its films at this AUROC or more.
+    Default: chosen for this benchmark (a near-perfect single-unit detector)."""
+    monosemantic_at: float = 0.9
+    """A unit counts as detecting a planted concept when its AUROC for it reaches this (its name is then checked
+    against that concept). Default: chosen for this benchmark."""
+
+    def __post_init__(self) -> None:
+        for name in ("recover_at", "monosemantic_at"):
+            if not 0.5 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be an AUROC in [0.5, 1], got {getattr(self, name)}")
 
 
 def has_ground_truth(run_dir: str | Path) -> bool:

@@ -46,6 +46,15 @@ def is_dicom(path: str | Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def can_read(path: str | Path) -> bool:
+    """Whether ``load_image`` reads ``path`` (a missing, empty or corrupt file: False)."""
+    try:
+        load_image(path)
+    except ImageReadError:
+        return False
+    return True
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """Read ``path`` as a float32 (H, W) array in [0, 1]; raise ImageReadError if that is impossible."""
     p = Path(path)

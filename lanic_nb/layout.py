@@ -1,9 +1,9 @@
 """Two-dimensional layouts of embeddings: UMAP over exact nearest neighbours (the maps of 05 and the tile map of 09).
 
 Below 4,096 rows UMAP itself computes exact neighbours through sklearn's ``pairwise_distances`` with its numba
-metric called once per pair (21 s for 2,304 tiles, 30 s for 3,000 image embeddings on 2 cores); here they come
-from chunked products (``exact_knn``) and are handed to UMAP as ``precomputed_knn``: the same neighbours, well
-under a second (above 4,096 rows, exact ones where UMAP would search approximately).
+metric called once per pair, which is slow; here they come from chunked matrix products (``exact_knn``) and are
+handed to UMAP as ``precomputed_knn``: the same neighbours at a fraction of the cost (above 4,096 rows, exact
+ones where UMAP would search approximately; docs/decisions.md#stages-umap-over-exact-neighbours).
 """
 
 from __future__ import annotations

@@ -116,3 +116,8 @@ def manifest_hash(df: pd.DataFrame) -> str:
 def resolve_image_path(manifest_path: str | Path, image_path: str) -> Path:
     p = Path(image_path)
     return p if p.is_absolute() else Path(manifest_path).parent / p
+
+
+def label_text(v: float) -> str:
+    """A report label (1 / 0 / -1 / NaN) in words; the maps' tooltips use the same wording."""
+    return {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}.get(float(v), "not mentioned")

@@ -25,12 +25,20 @@ HARMLESS_WARNINGS = (
 
 
 def start_notebook(run_dir: str | Path, name: str, level: int = logging.INFO) -> Path:
-    """Set up logging for one notebook; returns the log file ``<run_dir>/logs/<name>.log``.
+    """Set up logging for one notebook and check that the stages it reads have run; returns the log file
+    ``<run_dir>/logs/<name>.log``.
 
     Library log lines go in full to the log file and as short plain lines to stdout (stderr shows as a
     red block in Jupyter, which students read as an error). Known harmless third-party warnings are
     filtered. Calling it twice (re-running the cell) replaces the handlers instead of doubling them.
+    A notebook opened before the stages it reads raises ``artifacts.MissingInputs`` here, naming them and
+    the command that runs them, before any cell stumbles on a missing file.
     """
+    from lanic_nb.artifacts import require_inputs
+    from lanic_nb.stages import STAGES
+
+    if name in STAGES:
+        require_inputs(run_dir, name)
     log_file = RunDir(Path(run_dir)).stage("logs") / f"{name}.log"
     root = logging.getLogger("lanic_nb")
     for h in list(root.handlers):

@@ -1,16 +1,18 @@
 """Run the pipeline's notebooks in order with papermill into one run directory.
 
-    python -m lanic_nb.run_notebooks --run-dir runs/demo             # demo: the notebooks' own defaults
-    python -m lanic_nb.run_notebooks --run-dir /tmp/x --size small   # small: notebooks/params/small.yaml
+    python -m lanic_nb.run_notebooks --run-dir runs/demo             # the demo: notebooks/params/demo.yaml
+    python -m lanic_nb.run_notebooks --run-dir /tmp/x --size small   # the test size: notebooks/params/small.yaml
     python -m lanic_nb.run_notebooks --run-dir runs/mimic --params notebooks/params/mimic_biomedclip.yaml
     python -m lanic_nb.run_notebooks --strip notebooks/*.ipynb       # strip outputs before committing
 
-Every notebook gets ``run_dir`` (absolute); in small mode it also gets its entry of the small-mode
-parameter file, and ``--params FILE.yaml`` (same format: keys are notebook names or ``all``) is applied
-last. Executed copies land in ``<run_dir>/notebooks/``; the kernels run with that folder as their working
-directory and the inline matplotlib backend, so the copies carry their figures. While a notebook runs,
-its cell progress and the kernel's stdout (the progress bars of long loops) stream to the terminal;
-at the end the elapsed times and the machine's matmul speed go to ``<run_dir>/metrics/run.json``.
+Every notebook gets two papermill parameters: ``run_dir`` (absolute) and ``params``, the params file that
+holds every stage's settings (``lanic_nb.settings``; ``--params`` names one, by path or shipped name, and wins
+over ``--size``). All settings of the chosen notebooks are checked before the first one runs, so a misspelled
+setting stops the run at once with its name. Executed copies land in ``<run_dir>/notebooks/``; the kernels
+run with that folder as their working directory and the inline matplotlib backend, so the copies carry their
+figures. While a notebook runs, its cell progress and the kernel's stdout (the progress bars of long loops)
+stream to the terminal; at the end the elapsed times and the machine's matmul speed go to
+``<run_dir>/metrics/run.json``.
 """
 
 from __future__ import annotations
@@ -25,18 +27,20 @@ import time
 from pathlib import Path
 
 import nbformat
-import yaml
 
 from lanic_nb.io import atomic_path
+from lanic_nb.settings import PARAMS_DIR, SettingError, check_params, params_path  # noqa: F401 (PARAMS_DIR re-exported)
 
 log = logging.getLogger("lanic_nb.run_notebooks")
 
 # Shipped inside the package (lanic_nb/notebooks is the repository's notebooks/ folder), so a
 # non-editable install finds them too.
 NOTEBOOK_DIR = Path(__file__).resolve().parent / "notebooks"
-PARAMS_DIR = NOTEBOOK_DIR / "params"
-SMALL_PARAMS = PARAMS_DIR / "small.yaml"
+SIZES = ("demo", "small")
+"""Shipped params files ``--size`` can name."""
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+PAPERMILL_PARAMETERS = ("run_dir", "params")
+"""What the runner passes to every notebook; settings travel in the params file."""
 
 
 def list_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
@@ -44,35 +48,18 @@ def list_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
     return sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
 
 
-def read_params_file(path: str | Path) -> dict[str, dict]:
-    """A parameter file: ``{notebook name or "all": {parameter: value}}``; checked for unknown names."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"parameter file {path} does not exist")
-    table = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(table, dict) or not all(isinstance(v, dict | None) for v in table.values()):
-        raise ValueError(f"{path}: expected a mapping of notebook name -> {{parameter: value}}")
-    known = {p.stem for p in list_notebooks()} | {"all"}
-    unknown = set(table) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown notebook keys {sorted(unknown)}; known: {sorted(known)}")
-    return {k: dict(v or {}) for k, v in table.items()}
-
-
-def notebook_parameters(name: str, run_dir: Path, size: str = "demo", params_file: str | Path | None = None) -> dict:
-    """The papermill parameters of one notebook: run_dir, then small mode's, then the file's overrides."""
-    if size not in ("demo", "small"):
-        raise ValueError(f"size must be 'demo' or 'small', got {size!r}")
-    params: dict = {"run_dir": str(Path(run_dir).resolve())}
-    tables = []
-    if size == "small":
-        tables.append(read_params_file(SMALL_PARAMS))
+def resolve_params(size: str = "demo", params_file: str | Path | None = None) -> str:
+    """The params file a run uses: ``params_file`` (a path or a shipped name) if given, else the size's."""
     if params_file is not None:
-        tables.append(read_params_file(params_file))
-    for table in tables:
-        params.update(table.get("all", {}))
-        params.update(table.get(name, {}))
-    return params
+        return str(params_path(params_file).resolve()) if Path(params_file).suffix else str(params_file)
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    return size
+
+
+def notebook_parameters(run_dir: Path, params: str = "demo") -> dict:
+    """The papermill parameters of a notebook: the absolute run directory and the params file."""
+    return {"run_dir": str(Path(run_dir).resolve()), "params": params}
 
 
 def executed_cell_types(path: Path) -> list[str]:
@@ -162,9 +149,10 @@ def _papermill_logging(tag: str, cell_types: list[str], stream: bool):
         pm_log.handlers = saved[2]
 
 
-def run_notebook(path: Path, run_dir: Path, size: str = "demo", kernel: str = "python3",
-                 params_file: str | Path | None = None, stream: bool = False, tag: str | None = None) -> Path:
-    """Execute one notebook; returns the executed copy's path (written atomically).
+def run_notebook(path: Path, run_dir: Path, params: str = "demo", kernel: str = "python3",
+                 stream: bool = False, tag: str | None = None) -> Path:
+    """Execute one notebook with a params file (a shipped name or a path); returns the executed copy's path
+    (written atomically).
 
     ``stream=True`` prints the cell progress and the kernel's stdout while it runs (the command line);
     the tests keep it quiet.
@@ -175,12 +163,12 @@ def run_notebook(path: Path, run_dir: Path, size: str = "demo", kernel: str = "p
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / path.name
-    params = notebook_parameters(path.stem, run_dir, size, params_file)
+    parameters = notebook_parameters(run_dir, params)
     cell_types = executed_cell_types(path)
     with atomic_path(out, suffix=".ipynb") as tmp, _kernel_environment(stream), \
             _papermill_logging(tag or path.stem, cell_types, stream):
         pm.execute_notebook(
-            str(path), str(tmp), parameters=params, kernel_name=kernel, cwd=str(out_dir),
+            str(path), str(tmp), parameters=parameters, kernel_name=kernel, cwd=str(out_dir),
             progress_bar=False, log_output=stream,
             # the kernel's own start-up log (its ZMQ sockets on 127.0.0.1 are unencrypted, ...) is not the
             # user's business; its errors still show
@@ -189,18 +177,25 @@ def run_notebook(path: Path, run_dir: Path, size: str = "demo", kernel: str = "p
     return out
 
 
-def run_all(run_dir: Path, size: str = "demo", only: list[str] | None = None,
-            params_file: str | Path | None = None, stream: bool = True) -> dict[str, float]:
-    """Run the notebooks in order; returns ``{notebook: seconds}``."""
+def chosen_notebooks(only: list[str] | None = None) -> list[Path]:
+    """The notebooks whose names start with one of ``only`` (all of them when it is empty)."""
     chosen = [nb for nb in list_notebooks() if not only or any(nb.stem.startswith(o) for o in only)]
     if not chosen:
         raise ValueError(f"no notebook matches {only}; there are {[p.stem for p in list_notebooks()]}")
+    return chosen
+
+
+def run_all(run_dir: Path, params: str = "demo", only: list[str] | None = None, stream: bool = True
+            ) -> dict[str, float]:
+    """Check every chosen notebook's settings, then run the notebooks in order; returns ``{notebook: seconds}``."""
+    chosen = chosen_notebooks(only)
+    check_params(params, [nb.stem for nb in chosen])  # a misspelled setting fails before the first notebook
     times: dict[str, float] = {}
     for i, nb in enumerate(chosen, 1):
         tag = f"[{i}/{len(chosen)} {nb.stem}]"
-        log.info("%s running (%s mode) ...", tag, size)
+        log.info("%s running (params %s) ...", tag, Path(params).name if Path(params).suffix else params)
         t0 = time.perf_counter()
-        run_notebook(nb, run_dir, size, params_file=params_file, stream=stream, tag=tag)
+        run_notebook(nb, run_dir, params, stream=stream, tag=tag)
         times[nb.stem] = time.perf_counter() - t0
         log.info("%s done in %s", tag, _fmt(times[nb.stem]))
     return times
@@ -210,7 +205,7 @@ def _fmt(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def record_run(run_dir: Path, size: str, times: dict[str, float], params_file: str | Path | None) -> dict:
+def record_run(run_dir: Path, params: str, times: dict[str, float]) -> dict:
     """Write ``metrics/run.json``: per-notebook seconds, total, and the machine they were measured on."""
     from lanic_nb.device import machine_line, matmul_gflops
     from lanic_nb.rundir import RunDir, load_metrics, record_metrics
@@ -219,7 +214,7 @@ def record_run(run_dir: Path, size: str, times: dict[str, float], params_file: s
     previous = load_metrics(run_dir, "run") if RunDir(Path(run_dir)).metrics_file("run").exists() else {}
     seconds = {**previous.get("seconds", {}), **{k: round(v, 1) for k, v in times.items()}}
     summary = {
-        "size": size, "params_file": str(params_file) if params_file else None,
+        "params": params,
         "seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
         "matmul_gflops": round(gflops, 1), "machine": machine_line(gflops),
     }
@@ -254,8 +249,9 @@ def strip_outputs(path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
-    ap.add_argument("--size", choices=("demo", "small"), default="demo")
-    ap.add_argument("--params", type=Path, help="per-notebook parameter overrides (YAML, small.yaml's format)")
+    ap.add_argument("--size", choices=SIZES, default="demo", help="a shipped params file (default: %(default)s)")
+    ap.add_argument("--params", help="a params file (YAML path, or a shipped name such as phantom_b): every "
+                    "stage's settings; wins over --size")
     ap.add_argument("--only", nargs="*", help="notebook name prefixes to run (default: all)")
     ap.add_argument("--quiet", action="store_true", help="no cell progress or kernel output while running")
     ap.add_argument("--strip", nargs="*", type=Path, help="strip outputs of these notebooks and exit")
@@ -266,10 +262,14 @@ def main(argv: list[str] | None = None) -> int:
             if strip_outputs(p):
                 log.info("stripped %s", p)
         return 0
-    if args.params is not None:
-        read_params_file(args.params)  # fail before the first notebook on a bad file
-    times = run_all(args.run_dir, args.size, args.only, args.params, stream=not args.quiet)
-    summary = record_run(args.run_dir, args.size, times, args.params)
+    try:
+        params = resolve_params(args.size, args.params)
+        check_params(params, [nb.stem for nb in chosen_notebooks(args.only)])
+    except (SettingError, FileNotFoundError, ValueError) as e:
+        log.error("error: %s", e)
+        return 2
+    times = run_all(args.run_dir, params, args.only, stream=not args.quiet)
+    summary = record_run(args.run_dir, params, times)
     log.info("\nResults are in %s/ (executed notebooks in notebooks/, key figures in metrics/).", args.run_dir)
     for name, sec in times.items():
         log.info("  %-16s %8s", name, _fmt(sec))

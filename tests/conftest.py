@@ -6,15 +6,11 @@ import contextlib
 import os
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-# Test helpers (embed_helpers, image_helpers, ...) live in tests/ and are imported from tests/<domain>/.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -45,7 +41,7 @@ class SmallRun:
                 break
             if nb.stem not in self.done:
                 with poisoned_ground_truth(self.root, active=nb.stem[:2] in TRAINING_STAGES):
-                    run_notebook(nb, self.root, size="small")
+                    run_notebook(nb, self.root, "small")
                 self.done.add(nb.stem)
         return self.root
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from image_helpers import RAMP, write_dicom
+from helpers import RAMP, write_dicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from image_helpers import write_dicom
+from helpers import write_dicom
 
 from lanic_nb.images import (
     ImageReadError,
@@ -58,7 +58,8 @@ def test_the_mr_file_is_flagged_and_other_body_parts_too():
     assert load_image(real("MR2_UNCR.dcm")).shape == (1024, 1024)  # readable: the check is the caller's to act on
     abdomen = chest_radiograph_problems(dicom_info(real("MR-SIEMENS-DICOM-WithOverlays.dcm")))
     assert any("ABDOMEN is not the chest" in p for p in abdomen)
-    assert chest_radiograph_problems(dicom_info(real("RG3_UNCR.dcm"))) == ["BodyPartExamined EXTREMITY is not the chest"]
+    assert (chest_radiograph_problems(dicom_info(real("RG3_UNCR.dcm")))
+            == ["BodyPartExamined EXTREMITY is not the chest"])
 
 
 def test_header_checks_on_written_files(tmp_path):

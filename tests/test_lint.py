@@ -18,5 +18,6 @@ def test_ruff_is_clean():
 
 
 def test_library_never_imports_tests():
-    offenders = [p.name for p in (ROOT / "lanic_nb").glob("*.py") if "from tests" in p.read_text() or "import tests" in p.read_text()]
+    offenders = [p.name for p in (ROOT / "lanic_nb").glob("*.py")
+                 if "from tests" in p.read_text() or "import tests" in p.read_text()]
     assert not offenders, offenders

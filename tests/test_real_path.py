@@ -51,16 +51,17 @@ def test_folder_dataset_through_notebooks_00_and_01_with_a_loaded_model(tmp_path
     clip_dir = PHANTOM_ENCODER_DIR  # an open_clip folder, as a user's own would be: loaded, not retrained
     _folder_dataset(tmp_path / "ds")
     run = tmp_path / "real_run"
-    common = {"run_dir": str(run), "device": "cpu"}
+    params = tmp_path / "real.yaml"  # a real run's params file, as mimic_biomedclip.yaml is (no `extends`)
+    params.write_text(f"all:\n  device: cpu\n00_data:\n  dataset: folder\n  data_root: {tmp_path / 'ds'}\n"
+                      f"01_embed:\n  model: local-dir:{clip_dir}\n  num_workers: 0\n")
+    common = {"run_dir": str(run), "params": str(params)}
     pm.execute_notebook(
         str(NOTEBOOK_DIR / "00_data.ipynb"), str(tmp_path / "00.ipynb"), cwd=str(NOTEBOOK_DIR),
-        parameters={**common, "dataset": "folder", "data_root": str(tmp_path / "ds")}, progress_bar=False,
+        parameters=common, progress_bar=False,
     )
-    pm.execute_notebook(
+    pm.execute_notebook(  # a notebook's own settings override the file's
         str(NOTEBOOK_DIR / "01_embed.ipynb"), str(tmp_path / "01.ipynb"), cwd=str(NOTEBOOK_DIR),
-        parameters={**common, "model": f"local-dir:{clip_dir}", "dataset": "folder", "batch_size": 8,
-                    "num_workers": 0},
-        progress_bar=False,
+        parameters={**common, "settings": {"batch_size": 8}}, progress_bar=False,
     )
     metrics = json.loads((run / "metrics" / "00_data.json").read_text())
     assert metrics["n_images"] == 24 and set(metrics["label_positive_rate"]) == set(FINDINGS)

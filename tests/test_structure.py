@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles, small modules, one AUROC, thin __init__s, notebooks that write nothing."""
+"""The package's shape: no import cycles, small modules, one AUROC, thin __init__s, stages that borrow only through
+the artifacts layer, figures in views modules, notebooks that write nothing."""
 
 from __future__ import annotations
 
@@ -95,13 +96,50 @@ def test_module_is_small(path: Path):
     assert n <= MAX_LINES, f"{module_name(path)} has {n} lines: split it along its sections"
 
 
-@pytest.mark.parametrize("path", [p for p in MODULES if p.name == "__init__.py"], ids=lambda p: module_name(p))
-def test_package_init_holds_only_a_docstring(path: Path):
+@pytest.mark.parametrize("path", [p for p in MODULES if p.name == "__init__.py" and p.parent != PACKAGE],
+                         ids=lambda p: module_name(p))
+def test_subpackage_init_holds_only_a_docstring(path: Path):
     body = ast.parse(path.read_text()).body
     assert body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), \
         f"{module_name(path)}: open with a docstring saying what the subpackage holds"
     extra = [n for n in body[1:] if not (isinstance(n, ast.ImportFrom) and n.module == "__future__")]
     assert not extra, f"{module_name(path)}: no imports or code in package __init__ (import the modules)"
+
+
+def test_no_stage_imports_another_stage():
+    """What a stage needs of an earlier one comes from lanic_nb.artifacts or a domain module, never its stage."""
+    offenders = []
+    for mod, targets in import_graph().items():
+        if mod == "lanic_nb":  # the public API names every stage
+            continue
+        home = mod.rsplit(".", 1)[0]
+        offenders += [f"{mod} -> {t}" for t in targets if t.endswith(".stage") and t.rsplit(".", 1)[0] != home]
+    assert not offenders, f"stage-to-stage imports (use lanic_nb.artifacts): {offenders}"
+
+
+def test_the_chest_xray_core_never_imports_mammi_or_pathology():
+    apart = ("lanic_nb.mammi", "lanic_nb.pathology")
+    offenders = [f"{mod} -> {t}" for mod, targets in import_graph().items() if mod != "lanic_nb"
+                 and not mod.startswith(apart) for t in targets if t.startswith(apart)]
+    assert not offenders, offenders
+
+
+def test_the_package_never_imports_its_own_public_api():
+    """Modules import modules; ``from lanic_nb import X`` inside the package would load every stage."""
+    names = {module_name(p) for p in MODULES}
+    offenders = []
+    for path in MODULES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "lanic_nb" and path != PACKAGE / "__init__.py":
+                offenders += [f"{module_name(path)}: {a.name}" for a in node.names if f"lanic_nb.{a.name}" not in names]
+    assert not offenders, offenders
+
+
+def test_figures_live_in_views_modules():
+    offenders = [f"{module_name(p)}.{n.name}" for p in MODULES if p.name != "views.py"
+                 for n in ast.parse(p.read_text()).body
+                 if isinstance(n, ast.FunctionDef) and n.name.startswith("plot_")]
+    assert not offenders, f"plot functions outside a views module: {offenders}"
 
 
 ROC_CODE = re.compile(r"roc_auc_score|average_precision_score|roc_curve\(|mannwhitneyu")

@@ -30,9 +30,10 @@ def deletion_test(
 ) -> pd.DataFrame:
     """Switch off patterns and re-run the head on the reconstructed hidden layer.
 
-    For each image and finding, the top-``k`` patterns (largest |contribution| to that logit) are deleted, i.e. all their member latents are zeroed; the baseline deletes ``k`` patterns drawn at
-    random among the image's active ones (``n_random`` draws). Returns one row per finding with the mean
-    |logit change| of both and their ratio.
+    For each image and finding, the top-``k`` patterns (largest |contribution| to that logit) are deleted, i.e.
+    all their member latents are zeroed; the baseline deletes ``k`` patterns drawn at random among the image's
+    active ones (``n_random`` draws). Returns one row per finding with the mean |logit change| of both and their
+    ratio.
     """
     if k < 1 or n_random < 1:
         raise ValueError(f"k and n_random must be >= 1, got k={k}, n_random={n_random}")
@@ -61,7 +62,8 @@ def deletion_test(
         def drop(chosen: torch.Tensor, c: int, h_full=h_full, full=full, nz=(m_nz, b_nz, i_nz, col_nz), z=z):
             # chosen (batch, n_patterns) bool -> |logit_c change| after zeroing those patterns' latents.
             # decode is linear in z, so the reconstruction from the masked codes is h_full minus the decoded
-            # deleted codes; only those few are gathered (a dense decode per draw costs ~100x more).
+            # deleted codes; only those few are gathered instead of a dense decode of every latent per draw
+            # (docs/decisions.md#attribution-sparse-deletion-test).
             m, b, i, col = nz
             sel = torch.cat([chosen, torch.zeros(len(chosen), 1, dtype=torch.bool)], 1).to(device)
             hit = sel[b, col]

@@ -3,8 +3,8 @@
 Reads ``classifier/``, ``transcoders/``, ``patterns/`` and the embedding store; writes into ``attribution/``
 ``contributions.parquet`` (top contributions per image and finding), ``summary.parquet`` (the four terms
 per image and finding), ``evidence.parquet`` (per finding, how much evidence comes from device/artifact patterns
-and how much from the finding's own concept), ``patterns_for_90.parquet`` / ``.png``, ``deletion.parquet``, ``insertion.parquet``
-/ ``.png``, and ``metrics/06_attribution.json``.
+and how much from the finding's own concept), ``patterns_for_90.parquet`` / ``.png``, ``deletion.parquet``,
+``insertion.parquet`` / ``.png``, and ``metrics/06_attribution.json``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
+from lanic_nb.artifacts import load_pattern_table, load_split, require_inputs
 from lanic_nb.attribute.core import (
     Attribution,
     attribute,
@@ -29,55 +29,14 @@ from lanic_nb.attribute.core import (
 )
 from lanic_nb.attribute.evidence import evidence_shares
 from lanic_nb.attribute.faithfulness import deletion_test, insertion_curves
-from lanic_nb.attribute.plots import plot_insertion, plot_mass_distribution
 from lanic_nb.attribute.shortcut import shortcut_check
-from lanic_nb.checks import require_at_least_one
-from lanic_nb.classify import load_classifier
+from lanic_nb.attribute.views import plot_insertion, plot_mass_distribution
+from lanic_nb.checks import check_selection, require_at_least_one
 from lanic_nb.device import pick_device
-from lanic_nb.embed.store import load_embedded
 from lanic_nb.io import write_figure, write_table
-from lanic_nb.manifest import SPLITS
-from lanic_nb.patterns.merge import PatternSet
-from lanic_nb.patterns.stage import load_pattern_table
 from lanic_nb.rundir import RunDir, record_metrics
-from lanic_nb.transcoder.model import TranscoderEnsemble
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunInputs:
-    """What attribution needs from a run directory, for the readable images of one split."""
-
-    classifier: nn.Module
-    ensemble: nn.Module
-    patterns: PatternSet
-    x: torch.Tensor  # (n, d_in) image embeddings
-    rows: np.ndarray  # (n,) manifest row of each embedding
-    manifest: pd.DataFrame  # the rows themselves
-
-
-def load_run(run_dir: str | Path, split: str = "test", device: str | torch.device = "cpu",
-             max_images: int | None = None) -> RunInputs:
-    """Load the classifier, ensemble, patterns and the split's embeddings from a run directory."""
-    rd = RunDir(Path(run_dir))
-    emb = load_embedded(rd.root, split=split, max_images=max_images)
-    return RunInputs(
-        classifier=load_classifier(rd.classifier, device),
-        ensemble=TranscoderEnsemble.load(rd.transcoders, device),
-        patterns=PatternSet.load(rd.patterns),
-        x=torch.from_numpy(emb.x),
-        rows=emb.rows,
-        manifest=emb.manifest,
-    )
-
-
-def check_selection(split: str, max_images: int | None) -> None:
-    """Raise ValueError naming ``split`` or ``max_images`` when they cannot select images for ``load_run``."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if max_images is not None and int(max_images) < 1:
-        raise ValueError(f"max_images must be None or >= 1, got {max_images}")
 
 
 @dataclass
@@ -85,23 +44,28 @@ class AttributionConfig:
     """Parameters of the attribution stage (notebook 06)."""
 
     device: str = "auto"
-    """Where the decomposition runs ("auto": CUDA when present, else CPU)."""
+    """Where the decomposition runs ("auto": CUDA when present, else CPU). Default: auto."""
     split: str = "test"
-    """Which images to explain."""
+    """Which images to explain. Default: the test split (the images no model trained on)."""
     max_images: int | None = None
-    """At most this many of the split's readable images (None: all of them)."""
+    """At most this many of the split's readable images (None: all of them). Default: all of them."""
     mass: float = 0.9
-    """Counts "how many patterns explain this share of the logit's |contribution|"."""
+    """Counts "how many patterns explain this share of the logit's |contribution|". Default: 90%, the share CXR-
+    LanIC's '20-50 patterns per prediction' is read against."""
     k: int = 5
-    """Patterns switched off in the deletion test."""
+    """Patterns switched off in the deletion test. Default: chosen for the test: a handful of the largest patterns."""
     n_random: int = 10
-    """Random draws for the deletion baseline (and the random insertion order)."""
+    """Random draws for the deletion baseline (and the random insertion order). Default: engineering (enough draws for
+    a stable baseline)."""
     top_table: int = 50
-    """Contributions kept per image and finding in contributions.parquet."""
+    """Contributions kept per image and finding in contributions.parquet. Default: engineering (what the galleries
+    read)."""
     insertion_ks: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 5, 10, 20, 50, 100, 200])
-    """Numbers of inserted patterns at which the insertion curves are evaluated."""
+    """Numbers of inserted patterns at which the insertion curves are evaluated. Default: a log-like grid up to 200
+    patterns."""
     shortcut_top: int = 5
-    """The shortcut pattern must rank among this many top contributions (phantom evaluation)."""
+    """The shortcut pattern must rank among this many top contributions (phantom evaluation). Default: the five
+    patterns an explanation names (ExplainConfig.n_shown)."""
 
     def __post_init__(self) -> None:
         check_selection(self.split, self.max_images)
@@ -133,16 +97,17 @@ class AttributionResult:
     metrics: dict = field(default_factory=dict)  # as recorded in metrics/06_attribution.json
 
 
-def run_attribution(run_dir: str | Path, config: AttributionConfig) -> AttributionResult:
+def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None) -> AttributionResult:
     """Decompose the classifier's logits on ``config.split`` into pattern contributions and test them.
 
     Writes every table and figure of ``attribution/`` and ``metrics/06_attribution.json`` (see the module
     docstring); returns them for display.
     """
+    cfg = config or AttributionConfig()
+    require_inputs(run_dir, "06_attribution")
     rd = RunDir(Path(run_dir))
-    cfg = config
     dev = pick_device(cfg.device)
-    run = load_run(rd.root, split=cfg.split, device=dev, max_images=cfg.max_images)
+    run = load_split(rd.root, split=cfg.split, device=dev, max_images=cfg.max_images)
     ps = run.patterns
     latent_pattern = ps.latent_pattern.to(dev)
     image_ids = run.manifest["image_id"].astype(str).to_numpy()

@@ -33,72 +33,65 @@ TEMPLATE = "A chest x-ray image of a {}"
 
 @dataclass
 class AnnotationConfig:
-    """How representative images are chosen and concepts kept (MAMMI's released defaults)."""
+    """How a unit's representative images are chosen and its concepts kept. The defaults are MAMMI's released
+    ones (plain scoring, no contrast); the settings after ``contrast_neighbors`` extend it and act only with
+    contrast (the demo's choices: notebooks/params/demo.yaml; the measured reasons: docs/decisions.md)."""
 
     top_fraction: float = 0.93
-    """Representative images: activation > max - (1 - top_fraction) * (max - min)."""
+    """Representative images: activation > max - (1 - top_fraction) * (max - min), in (0, 1]. Default: MAMMI's
+    released code (Kim et al., MICCAI 2024, arXiv 2407.11375)."""
     min_images: int = 5
-    """At least this many representative images (the top ones) when the threshold keeps fewer."""
+    """At least this many representative images (the top ones) when the threshold keeps fewer. Default: MAMMI."""
     max_images: int = 200
-    """At most this many representative images (the top ones)."""
+    """At most this many representative images (the top ones). Default: engineering (bounds the cost per unit)."""
     beta: float = 0.95
-    """Concepts scoring >= beta * best are kept (adaptive concept threshold)."""
+    """Concepts scoring at least beta times the best are kept (MAMMI's adaptive concept threshold), in (0, 1].
+    Default: MAMMI."""
     n_top: int = 3
-    """Concepts reported per unit."""
+    """Concepts reported per unit (concept_1 .. concept_n). Default: engineering (what a card shows)."""
     category_beta: float = 0.8
-    """Concepts scoring >= category_beta * best vote for the unit's category."""
+    """Concepts scoring at least category_beta times the best vote for the unit's category, in (0, 1].
+    Default: chosen on the phantom."""
     center: bool = True
-    """Subtract each concept's mean similarity over all images (a concept close to every image names none)."""
+    """Subtract each concept's mean similarity over all images (a concept close to every image names none).
+    Default: on, as MAMMI subtracts the bare template's similarity for the same reason."""
     standardize: bool = True
-    """Also divide by each concept's standard deviation over images, so concepts compete on one scale.
-    Not in MAMMI; with the small phantom CLIP it raised category agreement with the planted truth (0.19 -> 0.34)."""
+    """Also divide by each concept's standard deviation over the images, so concepts compete on one scale (not in
+    MAMMI). Default: on, chosen on the phantom (docs/decisions.md)."""
     contrast_neighbors: int = 0
-    """Contrast (0: off, as MAMMI): score a concept by how much more the representative images show it than
-    their ``contrast_neighbors`` nearest images (by embedding) on which the unit is quiet (``quiet_images``). What
-    co-occurs with the unit's concept (tubes with a portable film) is shared by those look-alikes and cancels; what
-    the unit detects does not. Needs the image embeddings."""
+    """Contrast (0: off, as MAMMI): score a concept by how much more the representative images show it than their
+    ``contrast_neighbors`` nearest images (by embedding) on which the unit is quiet (``quiet_images``). What
+    co-occurs with the unit's concept (tubes on a portable film) is shared by those look-alikes and cancels; what
+    the unit detects does not. Needs the image embeddings. Default: off, as MAMMI (the demo: 20)."""
     own_share: float = 0.9
     """With finding groups: a finding carried by at least this share of a unit's representative images is the
-    unit's subject, not a context to match (``unit_groups``)."""
+    unit's subject, not a context to match (``unit_groups``), in (0, 1]. Default: chosen on the phantom."""
     finding_level: bool = True
     """Name a unit at the level of a finding when the scores allow: if the best concept is a qualified variant
-    ("large pleural effusion") or a bare head word ("tube", "artifact") and a concept of the finding's level that
-    it stands for (``vocabulary.name_alternatives``) scores within ``beta`` of it, that concept is concept_1. On the
-    phantoms it named pleural effusion patterns "pleural effusion" instead of "large pleural effusion" and the grid
-    lines' pattern "grid lines" instead of "artifact"."""
+    ("large pleural effusion") or a bare head word ("tube", "artifact") and a concept of the finding's level it
+    stands for (``vocabulary.name_alternatives``) scores within ``beta`` of it, that concept is concept_1.
+    Default: on, chosen on the phantom."""
     own_auroc: float = 0.9
     """With finding groups: a finding whose report-labelled films the unit's activation separates from the rest at
-    this AUROC or more is its subject too, however few of its representative images carry the label (1: off). A
-    unit that fires on every film has few representative images, and they are the films where many things come
-    together (the sickest patients), so a cardiomegaly pattern's top 5 may hold 4 labelled films: matched within
-    the cardiomegaly films, cardiomegaly cancelled and the pattern was named by what its films had besides
-    ("motion blur"). A shortcut marker's detector follows its finding only as far as the marker does (AUROC 0.84
-    on the demo, 0.73 on phantom B), so the finding stays a context to match."""
+    this AUROC or more is its subject too, however few of its representative images carry the label, in [0.5, 1]
+    (1: off). A dense unit's few representative images are the films where many things meet, so its own finding
+    must not cancel against look-alikes. Default: chosen on the phantom."""
     own_rivals: tuple[str, ...] = ("device", "artifact")
-    """With the reports' mentions given: a finding is the unit's own by ``own_auroc`` only if the unit follows it
-    more closely than every concept of these categories that at least ``min_images`` reports mention (the AUROC of
-    the finding's labels above the AUROC of each such mention). A shortcut marker's detector can separate its
-    finding above ``own_auroc`` (the PORTABLE detector of one draw of the demo's ensemble: effusion at 0.92) while
-    it separates the reports' "portable" at 1.00: the finding stays a context to match, and cancels. The finding
-    detectors it is meant for mostly follow their finding more closely than any device (in that draw 18 of the 20
-    own-by-AUROC patterns: 0.91-0.99 against at most 0.89). Empty: off."""
+    """With the reports' mentions: a finding is a unit's own by ``own_auroc`` only if the unit follows it more
+    closely (label AUROC) than every concept of these categories that at least ``min_images`` reports mention, so
+    a shortcut marker's detector that also separates its finding stays named by the marker. Empty: off. Default:
+    devices and artifacts (the confounders of hospital data), chosen on the phantom."""
     own_share_sparse: float = 0.8
-    """own_share for a sparse unit (one that fires on fewer than half of the images; 0: own_share). Such a unit is
-    often a part of one finding (the largest effusions, one form of consolidation) and has few representative
-    images (often ``min_images``), so 4 of 5 carrying a finding make it its own. Dense units keep ``own_share``: a
-    shortcut marker's detector fires on most films, and the finding it rides on must stay a context to match."""
+    """``own_share`` for a sparse unit (firing on fewer than half of the images; 0: ``own_share``), in [0, 1]: such a
+    unit is often one part of a finding and has few representative images. Default: chosen on the phantom."""
     own_apart: bool = True
-    """With finding groups: a sparse unit takes its look-alikes only from films without its own findings. Its
-    silent films hold the rest of its finding's films (a pattern of the largest effusions is silent on the small
-    ones), against which the finding itself would cancel, leaving a name for whatever else tells them apart. On the
-    phantoms, with ``own_share_sparse`` 0.8, the names of the patterns with a pure gallery went 0.77 -> 0.82 (demo)
-    and 0.75 -> 0.80 (phantom B), the AUROC-monosemantic ones and the shortcuts' names unchanged."""
+    """With finding groups: a sparse unit takes its look-alikes only from films without its own findings, since
+    its silent films hold the rest of its finding's films. Default: on, chosen on the phantom."""
     report_weight: float = 0.0
-    """With contrast and the reports' mentions given: add, per representative image, this weight times how much
-    more often its report mentions the concept than its look-alikes' reports (a share difference in [-1, 1]),
-    to the image-side score (z units per image). A shortcut marker rides on its finding in the images, so the
-    image side alone may name the finding; the reports say "portable AP" only where the film is portable.
-    Concepts that reports never mention (markers, burned-in text) get nothing either way. 0: images alone."""
+    """With contrast and the reports' mentions: add, per representative image, this weight times how much more
+    often its report mentions the concept than its look-alikes' reports (a share difference in [-1, 1]) to the
+    image-side score (z units per image); 0: images alone. A reported device ("portable AP") is named by the
+    reports where the image side alone may name the finding it rides on. Default: 0, as MAMMI (the demo: 1.0)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.top_fraction <= 1.0:
@@ -116,7 +109,8 @@ class AnnotationConfig:
         if self.contrast_neighbors < 0:
             raise ValueError(f"contrast_neighbors must be >= 0, got {self.contrast_neighbors}")
         if not 0.0 <= self.own_share_sparse <= 1.0 or not 0.0 < self.own_share <= 1.0:
-            raise ValueError(f"own_share and own_share_sparse must be shares, got {self.own_share}, {self.own_share_sparse}")
+            raise ValueError("own_share and own_share_sparse must be shares, "
+                             f"got {self.own_share}, {self.own_share_sparse}")
         if not 0.5 <= self.own_auroc <= 1.0:
             raise ValueError(f"own_auroc must be an AUROC in [0.5, 1], got {self.own_auroc}")
         if self.report_weight < 0:
@@ -211,7 +205,8 @@ def group_bits(groups: np.ndarray) -> np.ndarray:
 
 def label_aurocs(act: np.ndarray, labels: np.ndarray, budget: int = 1 << 25) -> np.ndarray:
     """(n_units, n_labels) AUROC of each unit's activation for each label column (0 where a label is constant),
-    ``budget`` floats of ranks at a time: at MIMIC's 377,110 films one pass over 5,000 patterns would rank 15 GB."""
+    ``budget`` floats of ranks at a time, so memory stays bounded at MIMIC's scale, where one pass over all units
+    would rank n_films x n_units floats at once (docs/decisions.md#naming-own_auroc)."""
     step = max(1, budget // max(1, len(act)))
     out = [auroc_matrix(act[:, u : u + step], labels) for u in range(0, act.shape[1], step)]
     return np.nan_to_num(np.concatenate(out) if out else np.zeros((0, labels.shape[1])), nan=0.0)

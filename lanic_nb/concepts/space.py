@@ -20,6 +20,31 @@ from lanic_nb.concepts.vocabulary import extend_vocabulary, load_vocabulary
 
 
 @dataclass
+class ConceptsConfig:
+    """The concept vocabulary a run's units are named with, and the VLM that reads it."""
+
+    mine_min_count: int = 5
+    """A noun phrase mined from the run's reports joins the vocabulary when at least this many reports use it.
+    Default: chosen on the phantom (MAMMI mines nouns from MIMIC-CXR reports without stating a cut-off)."""
+    max_mined: int = 200
+    """At most this many mined phrases join the vocabulary (the most frequent first; 0: the curated list only).
+    Default: chosen on the phantom."""
+    known_names_only: bool = True
+    """Prompt a concept only by the names (concept, synonyms) that the run's reports use: a text tower trained on
+    those reports alone gives names it never read arbitrary embeddings. Default: on (harmless for a text tower
+    that knows every word, such as BiomedCLIP's)."""
+    encoder: str = ""
+    """The VLM whose text tower names the units; empty: the encoder the embedding store was made with (MAMMI
+    scores concepts with the same kind of image-text model). Default: the run's own encoder."""
+
+    def __post_init__(self) -> None:
+        if self.mine_min_count < 1:
+            raise ValueError(f"mine_min_count must be >= 1, got {self.mine_min_count}")
+        if self.max_mined < 0:
+            raise ValueError(f"max_mined must be >= 0, got {self.max_mined}")
+
+
+@dataclass
 class ConceptSpace:
     """The vocabulary and the VLM's view of it, for one run's images."""
 

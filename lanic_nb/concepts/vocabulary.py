@@ -78,7 +78,8 @@ def infer_category(phrase: str, vocab: pd.DataFrame) -> str:
 def _singular(name: str) -> str:
     # Word-wise singular of a normalized name, so "flattened diaphragms" meets the synonym "flattened diaphragm".
     words = normalize_name(name).split()
-    return " ".join(w[:-3] + "y" if w.endswith("ies") else w[:-1] if w.endswith("s") and not w.endswith(("ss", "us", "is"))
+    return " ".join(w[:-3] + "y" if w.endswith("ies")
+                    else w[:-1] if w.endswith("s") and not w.endswith(("ss", "us", "is"))
                     else w for w in words)
 
 

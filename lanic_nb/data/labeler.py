@@ -3,9 +3,9 @@
 Each sentence is searched for mentions of a finding (synonym patterns). A mention is classified
 negative (0) when a negation cue precedes it in the same clause or follows it ("... is not seen",
 "... has cleared"), uncertain (-1) when a hedge does (hedges reach across "which" / "and", not across
-"with" / "but"), positive (1) otherwise; cue lists and scopes follow the CheXpert labeler's rules. A report's label aggregates its mentions
-the CheXpert way: positive if any mention is positive, else uncertain if any is, else negative if
-any is; NaN when the finding is never mentioned. Works on the phantom's templated reports and on
+"with" / "but"), positive (1) otherwise; cue lists and scopes follow the CheXpert labeler's rules. A report's
+label aggregates its mentions the CheXpert way: positive if any mention is positive, else uncertain if any is,
+else negative if any is; NaN when the finding is never mentioned. Works on the phantom's templated reports and on
 real free text (e.g. the Indiana University reports shipped with torchxrayvision).
 """
 
@@ -25,7 +25,7 @@ _HEART = r"(?:heart|cardiac silhouette|cardiac shadow|heart size|cardiac size|ca
 # Finding -> patterns whose match is a mention (the cue check then decides 1 / 0 / -1).
 MENTIONS: dict[str, list[str]] = {
     # CheXpert's atelectasis mentions are "atelecta*" and "collapse"; "volume loss" (post-surgical,
-    # fibrotic) is not atelectasis and was the main false positive on the IU reports.
+    # fibrotic) is not atelectasis, so it is no mention (docs/decisions.md#the-report-labeler).
     "Atelectasis": [r"\batelecta\w*", r"\b(?:lobar |segmental |lung )?collapse\b"],
     "Cardiomegaly": [
         r"\bcardiomegaly\b",
@@ -69,7 +69,8 @@ NORMAL: dict[str, list[str]] = {
 }
 # "Upper limits of normal" and "borderline" heart size are CheXpert-uncertain, not normal.
 BORDERLINE = re.compile(
-    rf"\b(?:borderline|upper limits? (?:of )?normal|top normal|top-normal)\b[^.;]{{0,25}}{_HEART}|\b{_HEART}\b[^.;]{{0,30}}?\b(?:borderline|upper limits? (?:of )?normal|top normal|top-normal)"
+    rf"\b(?:borderline|upper limits? (?:of )?normal|top normal|top-normal)\b[^.;]{{0,25}}{_HEART}"
+    rf"|\b{_HEART}\b[^.;]{{0,30}}?\b(?:borderline|upper limits? (?:of )?normal|top normal|top-normal)"
 )
 
 # Cues, searched in the clause before a mention (and in the mention itself, e.g. "heart is not enlarged").

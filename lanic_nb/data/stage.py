@@ -25,37 +25,27 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DataConfig:
-    """Parameters of notebook 00 (its demo defaults)."""
+    """Settings of the data stage (notebook 00)."""
 
-    device: str = "auto"
-    """Unused by this stage (nothing is computed on a GPU); kept so every notebook takes one."""
     dataset: str = "phantom"
-    """"phantom" (the embedded default) or a reader: "mimic_cxr", "nih", "chexpert", "openi", "folder"."""
+    """"phantom" (the embedded default) or the reader of a real release: "mimic_cxr", "nih", "chexpert", "openi",
+    "folder" (``lanic_nb.data.readers``). Default: the phantom, the one dataset that needs no credentials."""
     data_root: str = ""
-    """Real datasets: the release's root folder (images and tables in the release's layout)."""
+    """Real datasets only: the release's root folder, holding its images and tables in the release's own layout.
+    Default: none (the phantom needs none)."""
     reader_options: dict = field(default_factory=dict)
-    """Real datasets: extra keyword arguments of the reader, e.g. {"reports_root": "..."}."""
-    n_images: int = 3000
-    """Phantom only: images, their size and the seed."""
-    image_size: int = 224
-    seed: int = 0
-    shortcut_concept: str = "portable_marker"
-    """Phantom only: the concept planted to follow ``shortcut_finding`` beyond the latent states' confounding
-    ("" for none)."""
-    shortcut_finding: str = "Pleural Effusion"
-    shortcut_strength: float = 0.6
-    """Extra probability of the shortcut concept on images with the finding (noisy-OR on its own rate)."""
-    shortcut_base: float | None = None
-    """The shortcut concept's base rate (None: the concept table's)."""
+    """Real datasets only: keyword arguments of the reader, e.g. {"reports_root": "...", "frontal_only": true}.
+    Default: none (each reader's own defaults)."""
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
+    """The phantom's size, seed and planted shortcut (``dataset="phantom"`` only)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reader_options, dict):
+            raise ValueError(f"reader_options must be a mapping of keyword -> value, got {self.reader_options!r}")
 
     @property
-    def phantom(self) -> bool:
+    def is_phantom(self) -> bool:
         return self.dataset == "phantom"
-
-    def phantom_config(self) -> PhantomConfig:
-        return PhantomConfig(n_images=self.n_images, image_size=self.image_size, seed=self.seed,
-                             shortcut_concept=self.shortcut_concept, shortcut_finding=self.shortcut_finding,
-                             shortcut_strength=self.shortcut_strength, shortcut_base=self.shortcut_base)
 
 
 @dataclass
@@ -67,11 +57,11 @@ class DataResult:
     """The phantom's configuration (None for a real dataset)."""
 
 
-def run_data(run_dir: str | Path, cfg: DataConfig | None = None) -> DataResult:
+def run_data(run_dir: str | Path, config: DataConfig | None = None) -> DataResult:
     """Generate the phantom (or read the real release) into the run and record its key figures."""
-    cfg = cfg or DataConfig()
-    if cfg.phantom:
-        phantom = cfg.phantom_config()
+    cfg = config or DataConfig()
+    if cfg.is_phantom:
+        phantom = cfg.phantom
         manifest = make_phantom_dataset(run_dir, phantom)
         metrics = data_metrics(run_dir)
     else:

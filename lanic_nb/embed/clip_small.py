@@ -53,49 +53,57 @@ CLIP_MEAN, CLIP_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # gray radiographs: o
 
 @dataclass
 class SmallClipConfig:
-    """Architecture and training of the small CLIP (defaults: the demo, about 4.5 minutes on 2 idle cores)."""
+    """Architecture and training of the small CLIP that the embedding stage can train from scratch (a teaching
+    option: ``EmbedConfig.model = "small"``)."""
 
     vision_arch: str = "vit"
-    """Image tower: "vit" (BiomedCLIP's kind) or "resnet" (open_clip's ModifiedResNet, as in CLIP RN50).
-    From scratch on the phantom's 2,100 training images the ViT learns the large findings but hardly any
-    thin device (image-probe AUROC ~0.6 for tubes and wires, even at 112 px); a resnet of width 32, one
-    block per stage, at 96 px learns more of them (12 vs 8 of 23 concepts probed at AUROC >= 0.95)."""
+    """Image tower: "vit" (BiomedCLIP's kind) or "resnet" (open_clip's ModifiedResNet, as in CLIP RN50). Default:
+    vit, BiomedCLIP's kind (from scratch on the phantom a small resnet learns more thin devices:
+    docs/decisions.md)."""
     image_size: int = 64
-    """Input side in pixels (BiomedCLIP: 224; a multiple of 32 for "resnet")."""
+    """Input side in pixels (BiomedCLIP: 224; a multiple of 32 for "resnet"). Default: chosen on the phantom (64 px
+    trains in minutes on 2 cores)."""
     patch_size: int = 16
-    """ViT patch side in pixels (unused by "resnet")."""
+    """ViT patch side in pixels (unused by "resnet"). Default: ViT-B/16's 16 px patches."""
     vision_layers: int = 2
-    """Transformer blocks of the image tower ("resnet": bottleneck blocks per stage, four stages)."""
+    """Transformer blocks of the image tower ("resnet": bottleneck blocks per stage, four stages). Default: chosen on
+    the phantom (small enough to train in minutes)."""
     vision_width: int = 64
-    """Width of the image tower ("resnet": stage-one width; the last stage has 32x as many channels)."""
+    """Width of the image tower ("resnet": stage-one width; the last stage has 32x as many channels). Default: chosen
+    on the phantom."""
     text_layers: int = 2
-    """BERT layers of the text tower."""
+    """BERT layers of the text tower. Default: chosen on the phantom."""
     text_width: int = 64
-    """BERT hidden size."""
+    """BERT hidden size. Default: chosen on the phantom."""
     text_heads: int = 2
-    """BERT attention heads (must divide text_width)."""
+    """BERT attention heads (must divide text_width). Default: chosen on the phantom."""
     embed_dim: int = 128
-    """Joint embedding dimension."""
+    """Joint embedding dimension. Default: chosen on the phantom."""
     context_length: int = 96
-    """Token budget per text (longer reports are truncated)."""
+    """Token budget per text (longer reports are truncated). Default: chosen on the phantom (the templated reports'
+    length)."""
     vocab_size: int = 1000
-    """Most WordPiece tokens learned from the reports (characters are always kept)."""
+    """Most WordPiece tokens learned from the reports (characters are always kept). Default: chosen on the phantom
+    (the templated reports use a few hundred words)."""
     steps: int = 4000
-    """Optimizer steps (0: save the initialised model, for tests)."""
+    """Optimizer steps (0: save the initialised model, for tests). Default: chosen on the phantom
+    (docs/decisions.md)."""
     batch_size: int = 64
-    """Image-report pairs per step (the contrastive negatives)."""
+    """Image-report pairs per step (the contrastive negatives). Default: chosen on the phantom."""
     lr: float = 1e-3
-    """Peak AdamW learning rate (cosine schedule after a linear warmup)."""
+    """Peak AdamW learning rate (cosine schedule after a linear warmup). Default: chosen on the phantom."""
     warmup_steps: int = 50
-    """Linear warmup steps."""
+    """Linear warmup steps. Default: chosen on the phantom."""
     weight_decay: float = 0.05
-    """AdamW weight decay."""
+    """AdamW weight decay. Default: CLIP's recipes use about 0.05-0.2."""
     init_temperature_inv: float = 14.3
-    """Initial logit scale 1/T (CLIP: 1/0.07); larger speeds up leaving the chance plateau."""
+    """Initial logit scale 1/T (CLIP: 1/0.07); larger speeds up leaving the chance plateau. Default: chosen on the
+    phantom (CLIP starts at 1/0.07)."""
     augment: bool = True
-    """Random shifts/scales and intensity jitter of images; shuffled or sampled report sentences."""
+    """Random shifts/scales and intensity jitter of images; shuffled or sampled report sentences. Default: on (few
+    images, many steps)."""
     seed: int = 0
-    """Seed of initialisation, batches and augmentation."""
+    """Seed of initialisation, batches and augmentation. Default: 0."""
 
     def __post_init__(self) -> None:
         require_at_least_one(
@@ -299,9 +307,10 @@ def bag_of_words_start(model: torch.nn.Module) -> None:
     """Give the from-scratch BERT word embeddings unit scale (BERT's init: 0.02) and no token-type offset.
 
     With BERT's tiny init, position and token-type embeddings dominate every token after the embedding
-    LayerNorm, so mean-pooled texts all start pointing the same way (cosine ~0.99 between different
-    reports). Unit-scale word vectors make the pooled start a bag of words, which already separates
-    reports. (BiomedCLIP starts from pretrained PubMedBERT instead.)
+    LayerNorm, so mean-pooled texts all start pointing nearly the same way, whatever the report says.
+    Unit-scale word vectors make the pooled start a bag of words, which already separates reports
+    (docs/decisions.md#encoder-the-small-clip-teaching-option). (BiomedCLIP starts from pretrained PubMedBERT
+    instead.)
     """
     emb = model.text.transformer.embeddings
     emb.word_embeddings.weight.normal_(0.0, 1.0)
@@ -319,7 +328,8 @@ def train_small_clip(
         raise ValueError(f"need >= batch_size ({cfg.batch_size}) paired images and reports, got "
                          f"{len(images)} images and {len(reports)} reports")
     if tuple(images.shape[1:]) != (cfg.image_size, cfg.image_size):
-        raise ValueError(f"images must be (n, {cfg.image_size}, {cfg.image_size}) = image_size, got {tuple(images.shape)}")
+        raise ValueError(f"images must be (n, {cfg.image_size}, {cfg.image_size}) = image_size, "
+                         f"got {tuple(images.shape)}")
     seed_everything(cfg.seed)
     folder = Path(folder)
     full = init_model_folder(folder, cfg, reports)

@@ -4,8 +4,8 @@ Two sources, one code path (open_clip's ``create_model_from_pretrained`` + ``get
 
 * ``"hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"``: the real target, loaded exactly
   as open_clip documents it. Weights must already be in the Hugging Face cache (nothing is downloaded
-  unless ``allow_download=True``), so a machine without them fails at once instead of retrying the
-  network for ~20 s.
+  unless ``allow_download=True``), so a machine without them fails at once instead of after a
+  round of network retries (docs/decisions.md#stages-offline-loading).
 * ``"local-dir:PATH"`` or a plain folder path: ``open_clip_config.json`` + ``open_clip_model.safetensors``
   + a Hugging Face tokenizer and (for an HF text tower) a transformers ``config.json`` in the same
   folder. This is how :mod:`lanic_nb.embed.clip_small` saves the small default model. Relative paths in the
@@ -94,18 +94,25 @@ class Encoder:
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(n, 3, S, S) preprocessed -> (n, d) L2-normalized float32."""
-        # channels_last, as the tower's weights (load_encoder): the shipped ResNet tower ran 1.17 -> 0.89 s per
-        # 128 images on 2 cores; a ViT's only convolution is its patch embedding, which does not mind.
+        # channels_last, as the tower's weights (load_encoder): CPU convolutions run best in that layout; a ViT's
+        # only convolution is its patch embedding, which does not mind
+        # (docs/decisions.md#stages-text-encoding-and-channels_last).
         feats = self.model.encode_image(images.to(self.device).contiguous(memory_format=torch.channels_last))
         return F.normalize(feats.float(), dim=-1)
+
+    def encode_files(self, paths: Sequence[str | os.PathLike]) -> torch.Tensor:
+        """Image files (PNG, JPEG, DICOM) -> (n, d) L2-normalized float32, read and preprocessed like the store's."""
+        from lanic_nb.images import load_image
+
+        return self.encode_images(torch.stack([self.preprocess_array(torch.from_numpy(load_image(p))) for p in paths]))
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """list of n strings -> (n, d) L2-normalized float32 (on the model's device).
 
-        Each distinct string is encoded once (report sentences repeat: the demo's 19,221 are 505 strings), in
-        chunks of similar length: an HF tower masks [PAD], so trailing all-pad columns are dropped, which
-        changes nothing but the cost (a batch of 128 reports: 0.44 -> 0.26 s; its 787 sentences 0.41 -> 0.08 s).
+        Each distinct string is encoded once (report sentences repeat a lot), in chunks of similar length: an HF
+        tower masks [PAD], so trailing all-pad columns are dropped, which changes nothing but the cost
+        (docs/decisions.md#stages-text-encoding-and-channels_last).
         The chunks depend only on ``texts``, so the same call gives the same bits."""
         unique: dict[str, int] = {}
         where = torch.tensor([unique.setdefault(t, len(unique)) for t in texts], dtype=torch.long)
@@ -176,7 +183,7 @@ def hub_offline(enabled: bool = True) -> Iterator[None]:
 
     ``huggingface_hub.constants.is_offline_mode()`` reads the module constant at call time, and every
     request (including transformers' config/tokenizer look-ups) goes through it, so flipping it here
-    makes a missing cache entry fail at once instead of after ~20 s of network retries.
+    makes a missing cache entry fail at once instead of after a round of network retries.
     """
     if not enabled:
         yield
@@ -266,7 +273,7 @@ def load_encoder(name: str | os.PathLike, device: str | torch.device = "cpu", al
         model, preprocess, tokenizer = _load_local(folder, device)
         name = f"{LOCAL_PREFIX}{folder.resolve()}"
     model.eval()
-    model.visual.to(memory_format=torch.channels_last)  # convolutions run faster so on CPU (encode_images)
+    model.visual.to(memory_format=torch.channels_last)  # the layout CPU convolutions prefer (encode_images)
     pcfg = model.visual.preprocess_cfg  # open_clip attaches the final preprocess config here
     size = pcfg["size"]
     size = int(size[0] if isinstance(size, list | tuple) else size)

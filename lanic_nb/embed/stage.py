@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from lanic_nb.artifacts import require_inputs
 from lanic_nb.device import pick_device, seed_everything
 from lanic_nb.embed.clip_eval import write_clip_evaluation
 from lanic_nb.embed.clip_small import SmallClipConfig, fit_small_clip
@@ -32,23 +33,27 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EmbedConfig:
-    """Parameters of notebook 01 (its demo defaults)."""
+    """Settings of the embedding stage (notebook 01)."""
 
     device: str = "auto"
+    """Where the encoder runs: "auto" (CUDA when present, else CPU), "cpu", "cuda", ... Default: auto."""
     model: str = "phantom"
-    """"phantom" (the encoder shipped with the package, pretrained on phantom films), "small" (a small CLIP
-    trained here from scratch, for teaching), "hf-hub:org/repo" (BiomedCLIP), or a local open_clip folder."""
-    dataset: str = "phantom"
-    """Which dataset notebook 00 put into the run (the small model needs reports)."""
+    """The image-text encoder: "phantom" (shipped with the package, pretrained on phantom films), "small" (a small
+    CLIP trained here from scratch, for teaching), "hf-hub:org/repo" (BiomedCLIP:
+    "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", from the local Hugging Face cache), or an
+    open_clip folder ("local-dir:PATH"). Default: the phantom encoder, the one that runs offline on the phantom."""
     manifest_path: str = ""
-    """Empty: the run's data/manifest.parquet; image paths are relative to its folder."""
-    clip_steps: int = 4000
-    clip_batch_size: int = 64
-    clip_image_size: int = 64
-    clip_lr: float = 1e-3
+    """The manifest to embed; empty: the run's ``data/manifest.parquet``. Image paths are relative to its folder.
+    Default: the run's own."""
     batch_size: int = 128
+    """Images per forward pass (speed and memory only). Default: engineering."""
     num_workers: int = 2
+    """Image-decoding worker processes (0: decode in the main process; speed only). Default: the 2 cores of the
+    project's reference machine."""
     seed: int = 0
+    """Seeds torch, numpy and random before the stage runs. Default: 0."""
+    small_clip: SmallClipConfig = field(default_factory=SmallClipConfig)
+    """With ``model="small"``: the small CLIP's architecture and training."""
 
 
 @dataclass
@@ -70,20 +75,20 @@ class EmbedResult:
     """What ``metrics/01_embed.json`` records."""
 
 
-def run_embed(run_dir: str | Path, cfg: EmbedConfig | None = None) -> EmbedResult:
+def run_embed(run_dir: str | Path, config: EmbedConfig | None = None) -> EmbedResult:
     """Train or load the encoder, embed the whole manifest (resumably), evaluate, record the figures."""
-    cfg = cfg or EmbedConfig()
+    cfg = config or EmbedConfig()
+    if not cfg.manifest_path:
+        require_inputs(run_dir, "01_embed")
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     rd = RunDir(Path(run_dir))
     mpath = Path(cfg.manifest_path) if cfg.manifest_path else rd.manifest
     manifest = read_table(mpath)
-    log.info("%s: %d images, device %s", cfg.dataset, len(manifest), device)
+    log.info("%d images, device %s", len(manifest), device)
     train_log = None
     if cfg.model == "small":
-        clip_cfg = SmallClipConfig(steps=cfg.clip_steps, batch_size=cfg.clip_batch_size,
-                                   image_size=cfg.clip_image_size, lr=cfg.clip_lr, seed=cfg.seed)
-        encoder, train_log = fit_small_clip(run_dir, clip_cfg, device)
+        encoder, train_log = fit_small_clip(run_dir, cfg.small_clip, device)
         log.info("small CLIP trained on %d pairs in %.0f s", train_log["n_pairs"], train_log["train_seconds"])
     else:
         t0 = time.perf_counter()

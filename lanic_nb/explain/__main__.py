@@ -19,6 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
+from lanic_nb.explain.annotator import VLMConfig
 from lanic_nb.explain.config import MODALITY_CHECKS, ExplainConfig
 from lanic_nb.manifest import FINDINGS
 
@@ -50,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
                     "in the cache, or a folder) whose sentences are added to each explanation; off by default")
     ap.add_argument("--name-patterns", action="store_true", help="with --annotator-model: let the model name "
                     "the shown patterns from their top training images")
-    ap.add_argument("--max-new-tokens", type=int, default=d.annotator_max_new_tokens)
+    ap.add_argument("--max-new-tokens", type=int, default=d.annotator.max_new_tokens)
     ap.add_argument("--allow-download", action="store_true", help="let transformers download the annotator model")
     ap.add_argument("--quiet", action="store_true", help="warnings only")
     return ap
@@ -66,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                             n_top=args.top, n_shown=args.shown, n_neighbors=args.neighbors,
                             modality_check=args.modality_check, html=not args.no_html,
                             allow_patient_data=args.allow_patient_data, batch_size=args.batch_size,
-                            annotator_model=args.annotator_model, name_patterns=args.name_patterns,
-                            annotator_max_new_tokens=args.max_new_tokens, allow_download=args.allow_download)
+                            annotator=VLMConfig(model=args.annotator_model, device=args.device,
+                                                max_new_tokens=args.max_new_tokens,
+                                                allow_download=args.allow_download),
+                            name_patterns=args.name_patterns)
     except ValueError as e:
         log.error("error: %s", e)
         return 2

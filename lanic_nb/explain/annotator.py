@@ -39,24 +39,27 @@ class AnnotatorUnavailable(RuntimeError):
 class VLMConfig:
     """Which local image-text-to-text model to load, and how it generates."""
 
-    model: str
-    """A Hugging Face repo id already in the cache (e.g. "google/medgemma-4b-it") or a local folder."""
+    model: str = ""
+    """A Hugging Face repo id already in the cache (e.g. "google/medgemma-4b-it") or a local folder; empty: no
+    model (the annotator is off). Default: off (CXR-LanIC only planned explanations by a multimodal model)."""
     device: str = "auto"
-    """Where it runs ("auto": CUDA when present, else CPU)."""
+    """Where it runs ("auto": CUDA when present, else CPU). Default: auto."""
     dtype: str = "auto"
-    """Weights dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16" or "float16"."""
+    """Weights dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16" or "float16". Default: auto
+    (bfloat16 runs slowly on CPUs without native support)."""
     max_new_tokens: int = 96
-    """Longest answer generated (greedy decoding, so answers are reproducible)."""
+    """Longest answer generated (greedy decoding, so answers are reproducible). Default: engineering (two short
+    sentences)."""
     allow_download: bool = False
-    """Let transformers download the model (default: never; the cache or a folder only)."""
+    """Let transformers download the model. Default: never; the cache or a folder only."""
 
     def __post_init__(self) -> None:
-        if not str(self.model):
-            raise ValueError("model must name a local Hugging Face model (repo id in the cache, or a folder)")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not isinstance(self.allow_download, bool):
+            raise ValueError(f"allow_download must be True or False, got {self.allow_download!r}")
 
 
 class VisionLanguageModel:
@@ -68,6 +71,8 @@ class VisionLanguageModel:
             from transformers.utils import logging as hf_logging
         except ImportError as e:  # an old transformers without image-text-to-text models
             raise AnnotatorUnavailable(f"the annotator needs transformers >= 4.46 ({e})") from e
+        if not str(cfg.model):
+            raise ValueError("VLMConfig.model must name a local Hugging Face model (repo id in the cache, or a folder)")
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(

@@ -18,15 +18,15 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lanic_nb.artifacts import load_pattern_table
 from lanic_nb.attribute.core import pattern_columns
-from lanic_nb.classify import load_classifier
+from lanic_nb.classify.model import load_classifier
 from lanic_nb.embed.encoders import LOCAL_PREFIX, PHANTOM, Encoder, load_encoder
 from lanic_nb.embed.store import EmbeddingStore
 from lanic_nb.explain.text import pattern_info
 from lanic_nb.io import read_table
 from lanic_nb.manifest import FINDINGS, resolve_image_path
 from lanic_nb.patterns.merge import PatternSet
-from lanic_nb.patterns.stage import load_pattern_table
 from lanic_nb.rundir import RunDir
 from lanic_nb.transcoder.model import TranscoderEnsemble
 

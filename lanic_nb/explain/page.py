@@ -18,8 +18,8 @@ from lanic_nb.explain.config import ExplainConfig
 from lanic_nb.explain.model import LoadedRun
 from lanic_nb.explain.pipeline import ImageExplanation, shown_patterns
 from lanic_nb.explain.text import signed
-from lanic_nb.gallery.data import b64, label_text, thumbnail_png
-from lanic_nb.manifest import FINDINGS
+from lanic_nb.gallery.data import b64, thumbnail_png
+from lanic_nb.manifest import FINDINGS, label_text
 
 PAGE_CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1150px;color:#222}
@@ -103,7 +103,8 @@ def waterfall_html(e: ImageExplanation, finding: int, n: int, run: LoadedRun) ->
 
 
 def probabilities_table(e: ImageExplanation) -> str:
-    rows = "".join(f"<tr><td>{f}</td><td><div class='bar' style='width:{100 * v:.0f}px'></div></td><td>{v:.2f}</td></tr>"
+    rows = "".join(f"<tr><td>{f}</td><td><div class='bar' style='width:{100 * v:.0f}px'></div></td>"
+                   f"<td>{v:.2f}</td></tr>"
                    for f, v in zip(FINDINGS, e.probabilities, strict=True))
     return f"<table class='probs'><tr><th>finding</th><th></th><th>p</th></tr>{rows}</table>"
 
@@ -131,7 +132,8 @@ def neighbors_html(e: ImageExplanation, run: LoadedRun) -> str:
     for i, s in e.neighbors:
         pos = [f for f, v in zip(FINDINGS, pool.labels[i], strict=True) if label_text(v) == "positive"]
         figs.append(f"<figure class='neighbor'>{_thumb(str(pool.paths[i]), str(pool.image_ids[i]))}"
-                    f"<figcaption>{escape(str(pool.image_ids[i]))}<br>cos {s:.3f}<br>{escape(', '.join(pos) or 'no finding')}"
+                    f"<figcaption>{escape(str(pool.image_ids[i]))}<br>cos {s:.3f}<br>"
+                    f"{escape(', '.join(pos) or 'no finding')}"
                     "</figcaption></figure>")
     return f"<div class='grid'>{''.join(figs) or 'no training images in the run'}</div>"
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lanic_nb.artifacts import require_inputs
 from lanic_nb.device import pick_device
 from lanic_nb.explain.config import ExplainConfig
 from lanic_nb.explain.model import LoadedRun, load_explain_run
@@ -35,12 +36,10 @@ def open_explainer(run_dir: str | Path, cfg: ExplainConfig | None = None) -> Exp
     run = load_explain_run(run_dir, pick_device(cfg.device), cfg.pool_images, cfg.n_thumbnails)
     check_patient_data(run, cfg)
     annotator = namer = None
-    if cfg.annotator_model:
-        from lanic_nb.explain.annotator import HFAnnotator, HFPatternNamer, VisionLanguageModel, VLMConfig
+    if cfg.annotator.model:
+        from lanic_nb.explain.annotator import HFAnnotator, HFPatternNamer, VisionLanguageModel
 
-        vlm = VisionLanguageModel(VLMConfig(model=cfg.annotator_model, device=cfg.device,
-                                            max_new_tokens=cfg.annotator_max_new_tokens,
-                                            allow_download=cfg.allow_download))
+        vlm = VisionLanguageModel(cfg.annotator)
         annotator = HFAnnotator(vlm)
         namer = HFPatternNamer(vlm) if cfg.name_patterns else None
     explainer = Explainer(run, cfg, annotator=annotator, namer=namer)
@@ -91,10 +90,11 @@ def split_images(run: LoadedRun, n: int) -> list[Path]:
     return [Path(p) for _, p in rows[:n]]
 
 
-def run_explain(run_dir: str | Path, cfg: ExplainConfig | None = None) -> ExplainResult:
-    """Notebook 10: load the run, explain ``cfg.images`` (default: a few of its test images), write the files
-    into ``cfg.out_dir`` (default ``<run_dir>/explain``) and record ``metrics/10_explain.json``."""
-    cfg = cfg or ExplainConfig()
+def run_explain(run_dir: str | Path, config: ExplainConfig | None = None) -> ExplainResult:
+    """Notebook 10: load the run, explain ``config.images`` (default: a few of its test images), write the files
+    into ``config.out_dir`` (default ``<run_dir>/explain``) and record ``metrics/10_explain.json``."""
+    cfg = config or ExplainConfig()
+    require_inputs(run_dir, "10_explain")
     explainer = open_explainer(run_dir, cfg)
     paths = cfg.images or split_images(explainer.run, cfg.n_test_images)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else explainer.run.root / "explain"
@@ -105,7 +105,7 @@ def run_explain(run_dir: str | Path, cfg: ExplainConfig | None = None) -> Explai
         "n_refused": result.index["n_refused"], "n_warned": result.index["n_warned"],
         "load_seconds": explainer.load_seconds, "explain_seconds": result.seconds,
         "max_identity_error": max((e.attribution.identity_error() for e in ok), default=0.0),
-        "annotator": cfg.annotator_model or None,
+        "annotator": cfg.annotator.model or None,
     }
     record_metrics(explainer.run.root, "10_explain", metrics)
     result.metrics = metrics

@@ -20,13 +20,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from lanic_nb.artifacts import load_pattern_table, load_split
 from lanic_nb.attribute.core import Attribution, attribute
-from lanic_nb.attribute.stage import load_run
 from lanic_nb.embed.store import EmbeddingStore
 from lanic_nb.explain.text import explain_prediction, pattern_info, top_evidence
 from lanic_nb.images import ImageReadError, load_image
 from lanic_nb.manifest import FINDINGS, resolve_image_path
-from lanic_nb.patterns.stage import load_pattern_table
 from lanic_nb.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ class GalleryData:
                  device: str | torch.device = "cpu") -> GalleryData:
         """Load the run's models and compute the attributions of ``split`` (readable images only)."""
         rd = RunDir(Path(run_dir))
-        run = load_run(rd.root, split, device, max_images)
+        run = load_split(rd.root, split, device, max_images)
         ps = run.patterns
         attr = attribute(run.classifier, run.ensemble, ps.latent_pattern, ps.n_patterns, run.x)
         sent = EmbeddingStore.open(rd.embed).sentences
@@ -189,7 +188,8 @@ def waterfall_png(data: GalleryData, image: int, finding: int, n: int = 8) -> by
     t = waterfall_terms(data, image, finding, n)
     start = np.r_[0.0, np.cumsum(t["value"].to_numpy())[:-1]]
     fig, ax = plt.subplots(figsize=(4.2, 0.28 * len(t) + 0.8))
-    colors = ["#999999" if p < 0 else ("#c44e52" if v > 0 else "#4c72b0") for p, v in zip(t["pattern_id"], t["value"], strict=True)]
+    colors = ["#999999" if p < 0 else ("#c44e52" if v > 0 else "#4c72b0")
+              for p, v in zip(t["pattern_id"], t["value"], strict=True)]
     ax.barh(range(len(t)), t["value"], left=start, color=colors)
     ax.set_yticks(range(len(t)), t["term"], fontsize=7)
     ax.invert_yaxis()
@@ -227,8 +227,3 @@ def describe_pattern(data: GalleryData, pattern: int) -> dict:
 
 def b64(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-def label_text(v: float) -> str:
-    """A report label (1 / 0 / -1 / NaN) in words; the maps' tooltips use the same wording."""
-    return {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}.get(float(v), "not mentioned")

@@ -61,7 +61,9 @@ window.addEventListener('load', function () {
   var imgs = Array.from(document.querySelectorAll('img'));
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0 && shown(i); }).length;
   var links = Array.from(document.querySelectorAll('a.pattern-link'));
-  var dangling = links.filter(function (a) { return !document.getElementById(a.getAttribute('href').slice(1)); }).length;
+  var dangling = links.filter(function (a) {
+    return !document.getElementById(a.getAttribute('href').slice(1));
+  }).length;
   var c = document.getElementById('render-check');
   c.setAttribute('data-pattern-cards', pc); c.setAttribute('data-image-cards', ic);
   c.setAttribute('data-images-decoded', ok); c.setAttribute('data-images-total', imgs.length);
@@ -72,7 +74,8 @@ window.addEventListener('load', function () {
 
 
 def _img(png: bytes, cls: str, alt: str) -> str:
-    return f"<img class='{cls}' src='{b64(png)}' alt='{escape(str(alt))}'>" if png else f"<span>{escape(str(alt))}: unreadable</span>"
+    return (f"<img class='{cls}' src='{b64(png)}' alt='{escape(str(alt))}'>" if png
+            else f"<span>{escape(str(alt))}: unreadable</span>")
 
 
 def image_card(data: GalleryData, i: int, n_top: int = 5) -> tuple[str, set[int]]:
@@ -149,8 +152,9 @@ def render_html(data: GalleryData, n_images: int = 12, n_patterns: int = 30, n_t
     nav = " ".join(f"<a href='#pattern-{p}'>{p}</a>" for p in pats)
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1>{note}"
-            f"<p>Dataset: {escape(data.dataset)}; {len(chosen)} of {data.n_images} explained images shown; each logit = sum of pattern "
-            "contributions + unassigned latents + bias + reconstruction error (exactly).</p>"
+            f"<p>Dataset: {escape(data.dataset)}; {len(chosen)} of {data.n_images} explained images shown; "
+            "each logit = sum of pattern contributions + unassigned latents + bias + "
+            "reconstruction error (exactly).</p>"
             f"<h2 id='images'>Per-image explanations</h2>{''.join(cards)}"
             f"<h2 id='patterns'>Pattern galleries</h2><p class='nav'>Patterns: {nav}</p>{''.join(pcards)}"
             f"<div id='render-check'>not rendered</div><script>{_SCRIPT}</script></body></html>")

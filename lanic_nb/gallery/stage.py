@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lanic_nb.attribute.stage import check_selection
-from lanic_nb.checks import require_at_least_one
+from lanic_nb.artifacts import require_inputs
+from lanic_nb.checks import check_selection, require_at_least_one
 from lanic_nb.device import pick_device
 from lanic_nb.gallery.data import GalleryData
 from lanic_nb.gallery.html import export_html
@@ -23,17 +23,19 @@ class GalleryConfig:
     """Parameters of the gallery stage (notebook 07)."""
 
     device: str = "auto"
-    """Where the attributions are computed ("auto": CUDA when present, else CPU)."""
+    """Where the attributions are computed ("auto": CUDA when present, else CPU). Default: auto."""
     split: str = "test"
-    """Which images the galleries show."""
+    """Which images the galleries show. Default: the test split."""
     max_images: int | None = None
-    """At most this many of the split's readable images (None: all of them)."""
+    """At most this many of the split's readable images (None: all of them). Default: all of them."""
     html_images: int = 12
-    """Per-image explanations in gallery.html."""
+    """Per-image explanations in gallery.html. Default: engineering (a page of a few MB)."""
     html_patterns: int = 30
-    """Pattern cards in gallery.html (patterns linked from the images are always added)."""
+    """Pattern cards in gallery.html (patterns linked from the images are always added). Default: engineering (a page
+    of a few MB)."""
     allow_patient_data: bool = False
-    """Must be True to export a real (non-phantom) dataset: the page then holds patient images."""
+    """Must be True to export a real (non-phantom) dataset: the page then holds patient images. Default: off: a page
+    with patient images is never written by accident."""
 
     def __post_init__(self) -> None:
         check_selection(self.split, self.max_images)
@@ -53,14 +55,15 @@ class GalleryResult:
     metrics: dict = field(default_factory=dict)  # as recorded in metrics/07_gallery.json
 
 
-def run_gallery(run_dir: str | Path, config: GalleryConfig) -> GalleryResult:
+def run_gallery(run_dir: str | Path, config: GalleryConfig | None = None) -> GalleryResult:
     """Compute the galleries' data for ``config.split``, export ``gallery.html`` and record its metrics.
 
     Raises PermissionError (before writing anything) when the dataset is not the phantom and
     ``allow_patient_data`` is False.
     """
+    cfg = config or GalleryConfig()
+    require_inputs(run_dir, "07_gallery")
     rd = RunDir(Path(run_dir))
-    cfg = config
     data = GalleryData.from_run(rd.root, split=cfg.split, max_images=cfg.max_images, device=pick_device(cfg.device))
     out = export_html(rd.root, rd.root / "gallery.html", allow_patient_data=cfg.allow_patient_data, data=data,
                       n_images=cfg.html_images, n_patterns=cfg.html_patterns)

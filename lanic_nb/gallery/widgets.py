@@ -24,7 +24,6 @@ from lanic_nb.gallery.data import (
     describe_pattern,
     explanation,
     histogram_png,
-    label_text,
     pattern_effects,
     ranked_patterns,
     thumbnail_png,
@@ -33,7 +32,7 @@ from lanic_nb.gallery.data import (
     waterfall_png,
     waterfall_terms,
 )
-from lanic_nb.manifest import FINDINGS
+from lanic_nb.manifest import FINDINGS, label_text
 
 # ---------------------------------------------------------------- HTML fragments (also in the static page)
 

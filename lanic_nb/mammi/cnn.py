@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lanic_nb.checks import require_at_least_one
-from lanic_nb.classify import masked_bce, policy_targets
+from lanic_nb.classify.model import masked_bce, policy_targets
 from lanic_nb.embed.clip_small import load_gray_stack, manifest_images
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.metrics import mean_auroc
@@ -75,21 +75,22 @@ class CNNConfig:
     """A tiny CNN for the five findings, trained on the phantom's grayscale images."""
 
     image_size: int = 64
-    """Input side in pixels (images are resized to it)."""
+    """Input side in pixels (images are resized to it). Default: chosen on the phantom (small enough to train in a
+    minute)."""
     channels: tuple[int, ...] = (16, 32, 64, 64, 64)
     """Output channels of the conv blocks; the last block ("conv<n>") is the layer annotated. Each block but the
-    last halves the side, so five blocks see ~63 px of a 64 px image (cardiomegaly needs that view; three blocks
-    see ~15 px and reached mean AUROC 0.70 on the demo phantom, five 0.91)."""
+    last halves the side, so five blocks see most of a 64 px film (cardiomegaly needs that view). Default: chosen
+    on the phantom (docs/decisions.md)."""
     hidden: int = 64
-    """Width of the fully connected hidden layer ("fc1")."""
+    """Width of the fully connected hidden layer ("fc1"). Default: chosen on the phantom."""
     epochs: int = 12
-    """Training epochs."""
+    """Training epochs. Default: chosen on the phantom."""
     lr: float = 3e-3
-    """AdamW learning rate."""
+    """AdamW learning rate. Default: chosen on the phantom."""
     batch_size: int = 64
-    """Minibatch size."""
+    """Minibatch size. Default: engineering."""
     seed: int = 0
-    """Seeds the initialization and the batch order."""
+    """Seeds the initialization and the batch order. Default: 0."""
 
     def __post_init__(self) -> None:
         require_at_least_one(self, ("image_size", "hidden", "epochs", "batch_size"))

@@ -64,7 +64,8 @@ def vlm_ceiling(similarity: np.ndarray, presence: pd.DataFrame, vocab: pd.DataFr
     for j, planted in enumerate(presence.columns):
         name = match_concept(planted, vocab)
         i = index.get(name, -1)
-        rows.append({"planted": planted, "concept": name or "", "zero_shot_auroc": float(auc[i, j]) if i >= 0 else np.nan})
+        rows.append({"planted": planted, "concept": name or "",
+                     "zero_shot_auroc": float(auc[i, j]) if i >= 0 else np.nan})
     return pd.DataFrame(rows, columns=["planted", "concept", "zero_shot_auroc"])
 
 

@@ -11,16 +11,20 @@ writes ``mammi/neurons.parquet``; on the phantom also ``mammi/summary.csv`` and 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from lanic_nb.artifacts import StageInputs, load_stage_inputs, require_inputs
+from lanic_nb.checks import require_at_least_one
+from lanic_nb.classify.model import hidden_targets
 from lanic_nb.concepts.annotate import AnnotationConfig
-from lanic_nb.concepts.space import ConceptSpace, concept_space
+from lanic_nb.concepts.space import ConceptsConfig, ConceptSpace, concept_space
 from lanic_nb.device import pick_device
+from lanic_nb.evaluation import EvaluationConfig
 from lanic_nb.io import write_table
 from lanic_nb.mammi.annotate import annotate_neurons, neuron_table
 from lanic_nb.mammi.cnn import (
@@ -35,10 +39,8 @@ from lanic_nb.mammi.cnn import (
 from lanic_nb.mammi.evaluate import ceiling_metrics, evaluate_stage, flat_metrics
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.patterns.merge import PatternSet
-from lanic_nb.patterns.stage import StageInputs, load_stage_inputs
 from lanic_nb.patterns.units import pattern_activations
 from lanic_nb.rundir import RunDir, record_metrics
-from lanic_nb.transcoder.stage import hidden_targets
 
 log = logging.getLogger(__name__)
 
@@ -47,63 +49,25 @@ UNIT_SETS = ("cnn last conv", "classifier hidden", "transcoder patterns")
 
 @dataclass
 class MammiConfig:
-    """Parameters of notebook 08 (its demo defaults)."""
+    """Settings of the MAMMI stage (notebook 08)."""
 
     device: str = "auto"
-    """Where the CNN trains and the models run: "auto" (CUDA when present), "cpu", "cuda", ..."""
-    cnn_size: int = 64
-    """CNN input side (pixels)."""
-    cnn_channels: tuple[int, ...] = (16, 32, 64, 64, 64)
-    """Conv blocks (all but the last halve the side); the last one is annotated."""
-    cnn_hidden: int = 64
-    """Width of the CNN's fully connected hidden layer."""
-    cnn_epochs: int = 12
-    """CNN training epochs."""
-    cnn_lr: float = 3e-3
-    """CNN AdamW learning rate."""
+    """Where the CNN trains and the models run: "auto" (CUDA when present, else CPU), "cpu", "cuda", ...
+    Default: auto."""
     k_top: int = 20
-    """Top images for the CLIP-Dissect and top-k mean baselines."""
-    top_fraction: float = 0.93
-    """MAMMI: representative images have activation > max - (1 - top_fraction)(max - min)."""
-    beta: float = 0.95
-    """MAMMI: keep concepts scoring at least beta times the best."""
-    min_images: int = 5
-    """At least this many representative images per unit."""
-    max_images: int = 200
-    """At most this many representative images per unit."""
-    mine_min_count: int = 5
-    """Mined report phrases must occur in this many reports."""
-    max_mined: int = 200
-    """Mined phrases added to the vocabulary."""
-    known_names_only: bool = True
-    """Prompt a concept only by the names (concept, synonyms) its reports use."""
-    encoder: str = ""
-    """VLM; empty: the encoder the embedding store was made with."""
-    monosemantic_at: float = 0.9
-    """A unit detects a planted concept when its AUROC reaches this."""
+    """Top images of a unit for the CLIP-Dissect and top-k mean baselines. Default: Matryoshka Transcoders' top-20
+    images per feature (CLIP-Dissect, arXiv 2204.10965, uses a top-k of the same order)."""
+    cnn: CNNConfig = field(default_factory=CNNConfig)
+    """The small CNN whose last conv layer's units are named (the paper's DenseNet-121 stands in)."""
+    annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
+    """How MAMMI chooses representative images and keeps concepts (its released defaults)."""
+    concepts: ConceptsConfig = field(default_factory=ConceptsConfig)
+    """The concept vocabulary and the VLM that names the units."""
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    """Scoring against the planted truth (phantom runs only; this stage reads ``monosemantic_at``)."""
 
     def __post_init__(self) -> None:
-        self.cnn_channels = tuple(int(c) for c in self.cnn_channels)  # papermill passes a list
-        if not self.cnn_channels or min(self.cnn_channels) < 1:
-            raise ValueError(f"cnn_channels must be a non-empty list of positive ints, got {self.cnn_channels}")
-        if self.cnn_lr <= 0:
-            raise ValueError(f"cnn_lr must be > 0, got {self.cnn_lr}")
-        self.annotation_config()
-        for name in ("cnn_size", "cnn_hidden", "cnn_epochs", "k_top", "mine_min_count"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_mined < 0:
-            raise ValueError(f"max_mined must be >= 0, got {self.max_mined}")
-        if not 0.5 <= self.monosemantic_at <= 1.0:
-            raise ValueError(f"monosemantic_at must be an AUROC in [0.5, 1], got {self.monosemantic_at}")
-
-    def cnn_config(self) -> CNNConfig:
-        return CNNConfig(image_size=self.cnn_size, channels=self.cnn_channels, hidden=self.cnn_hidden,
-                         epochs=self.cnn_epochs, lr=self.cnn_lr)
-
-    def annotation_config(self) -> AnnotationConfig:
-        return AnnotationConfig(top_fraction=self.top_fraction, beta=self.beta, min_images=self.min_images,
-                                max_images=self.max_images)
+        require_at_least_one(self, ("k_top",))
 
 
 @dataclass
@@ -142,31 +106,31 @@ def unit_activations(
 def run_mammi(run_dir: str | Path, config: MammiConfig | None = None) -> MammiResult:
     """Train the CNN, name the units of the three sets three ways, evaluate on the phantom; write ``mammi/``."""
     cfg = config or MammiConfig()
+    require_inputs(run_dir, "08_mammi")
     rd = RunDir(Path(run_dir))
     dev = pick_device(cfg.device)
     inp = load_stage_inputs(rd.root, dev)
     patterns = PatternSet.load(rd.patterns)
-    images, ok = load_images(inp.manifest, rd.data, cfg.cnn_size)
+    images, ok = load_images(inp.manifest, rd.data, cfg.cnn.image_size)
     log.info("%d images (%d readable), %d patterns", len(images), int(ok.sum()), patterns.n_patterns)
 
     split = inp.manifest["split"].astype(str).to_numpy()
     labels = inp.manifest[list(FINDINGS)].to_numpy(dtype=np.float32)
     train, test = (split == "train") & ok, (split == "test") & ok
-    cnn, cnn_log = train_cnn(images[train], labels[train], cfg.cnn_config(), dev)
+    cnn, cnn_log = train_cnn(images[train], labels[train], cfg.cnn, dev)
     auc = cnn_auroc(cnn, images[test], labels[test], dev)
     log.info("CNN test mean AUROC over the five findings: %.3f", auc)
 
     acts = unit_activations(inp, patterns, cnn, images, dev)
-    space = concept_space(inp.store, inp.manifest, inp.x, encoder=cfg.encoder, mine_min_count=cfg.mine_min_count,
-                          max_mined=cfg.max_mined, known_names_only=cfg.known_names_only)
+    space = concept_space(inp.store, inp.manifest, inp.x, **asdict(cfg.concepts))
     log.info("%d concepts (%d mined)", len(space.vocab), space.n_mined)
-    ann_cfg = cfg.annotation_config()
+    ann_cfg = cfg.annotation
     annotations = {name: annotate_neurons(a, space.similarity, space.vocab, ann_cfg, k=cfg.k_top)
                    for name, a in acts.items()}
 
     # Against the planted truth (phantom only): read after every unit is named.
     sets = {name: (acts[name], annotations[name]) for name in acts}
-    summary, per_unit = evaluate_stage(rd.root, inp.image_ids, sets, space.vocab, cfg.monosemantic_at,
+    summary, per_unit = evaluate_stage(rd.root, inp.image_ids, sets, space.vocab, cfg.evaluation.monosemantic_at,
                                        similarity=space.similarity)
     neurons = pd.concat([neuron_table(name, ann, per_unit.get(name)) for name, ann in annotations.items()],
                         ignore_index=True)

@@ -10,8 +10,9 @@ features were robust to).
 
 Expression: every gene has a small baseline plus a marker loading on one or more types (PTPRC, CD3E on
 lymphocytes; EPCAM, KRT8 on tumour; MKI67 on tumour *nuclei count*, ...); counts are Poisson around
-library_size * (baseline + composition @ loadings); analyses use log1p(CP10k) (``log_normalize``). Planted truth (composition, nuclei
-counts per type, dominant type) is written apart (``truth.parquet``) and read only by evaluation code.
+library_size * (baseline + composition @ loadings); analyses use log1p(CP10k) (``log_normalize``). Planted
+truth (composition, nuclei counts per type, dominant type) is written apart (``truth.parquet``) and read only
+by evaluation code.
 """
 
 from __future__ import annotations
@@ -56,19 +57,22 @@ class TileConfig:
     """Size and randomness of the tile phantom."""
 
     n_slides: int = 4
-    """Slides (sections); stain colour varies per slide."""
+    """Slides (sections); stain colour varies per slide. Default: chosen on the tile phantom (enough slides for stain
+    variation)."""
     grid: int = 24
-    """Tiles per slide side (grid x grid tiles)."""
+    """Tiles per slide side (grid x grid tiles). Default: chosen on the tile phantom."""
     tile_size: int = 32
-    """Tile side in pixels."""
+    """Tile side in pixels. Default: chosen on the tile phantom."""
     n_blobs: int = 3
-    """Random Gaussian blobs per tissue type and slide (more = patchier slides)."""
+    """Random Gaussian blobs per tissue type and slide (more = patchier slides). Default: chosen on the tile
+    phantom."""
     library_size: float = 2000.0
-    """Mean total counts per tile (Poisson)."""
+    """Mean total counts per tile (Poisson). Default: chosen on the tile phantom (a few thousand counts per spot, as
+    in Visium)."""
     stain_jitter: float = 0.06
-    """Per-slide standard deviation of the stain colours."""
+    """Per-slide standard deviation of the stain colours. Default: chosen on the tile phantom."""
     seed: int = 0
-    """Seeds everything."""
+    """Seeds everything. Default: 0."""
 
     def __post_init__(self) -> None:
         require_at_least_one(self, ("n_slides", "grid", "tile_size", "n_blobs"))

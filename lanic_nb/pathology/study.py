@@ -123,17 +123,18 @@ class TileAEConfig:
     """The embedded default tile encoder: a small convolutional autoencoder (self-supervised)."""
 
     d_embed: int = 64
-    """Embedding width (the bottleneck)."""
-    channels: int = 32
-    """Channels of the first conv layer (doubled at each of the two downsamplings)."""
-    epochs: int = 10
-    """Training epochs."""
+    """Embedding width (the bottleneck). Default: chosen on the tile phantom."""
+    channels: int = 16
+    """Channels of the first conv layer (doubled at each of the two downsamplings). Default: chosen on the tile
+    phantom."""
+    epochs: int = 12
+    """Training epochs. Default: chosen on the tile phantom."""
     lr: float = 2e-3
-    """AdamW learning rate."""
+    """AdamW learning rate. Default: chosen on the tile phantom."""
     batch_size: int = 128
-    """Minibatch size."""
+    """Minibatch size. Default: engineering."""
     seed: int = 0
-    """Seeds the initialization and the batch order."""
+    """Seeds the initialization and the batch order. Default: 0."""
 
     def __post_init__(self) -> None:
         require_at_least_one(self, ("d_embed", "channels", "epochs", "batch_size"))
@@ -208,23 +209,22 @@ def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ((x - mean) / scale).astype(np.float32), mean, np.float32(scale)
 
 
-def train_sae(x: np.ndarray, device: str | torch.device = "cpu", progress: bool = True, **config):
-    """A ReLU-L1 SAE ensemble on embeddings x (n, d): a transcoder whose target is its input.
+def train_sae(x: np.ndarray, config: TranscoderConfig | None = None, device: str | torch.device = "cpu",
+              progress: bool = True):
+    """An SAE ensemble on embeddings x (n, d): a transcoder whose target is its input (widths from x).
 
-    ``config`` holds TranscoderConfig fields (d_dict, n_members, l1_coeff, steps, ...); activation defaults to
-    "relu" as in the pathology paper. Returns (ensemble, training log).
+    Returns (ensemble, training log).
     """
-    config = {"activation": "relu", "l1_coeff": 1e-3, "k": 1} | config
-    cfg = TranscoderConfig(d_in=x.shape[1], d_out=x.shape[1], **config)
+    cfg = (config or TranscoderConfig()).with_dims(x.shape[1], x.shape[1])
     return train_ensemble(cfg, x, x, device, progress=progress)
 
 
-def sae_features(ensemble, x: np.ndarray, sim_threshold: float = 0.8, min_consistency: float = 0.5):
-    """Merge the members' latents into features; return (PatternSet, activations (n, n_features))."""
+def sae_features(ensemble, x: np.ndarray, merge: MergeConfig | None = None):
+    """Merge the members' latents into features by decoder direction; return (PatternSet, activations
+    (n, n_features))."""
     xt = torch.from_numpy(np.asarray(x, np.float32))
     alive = latent_alive(ensemble, xt)
-    ps = merge_latents(ensemble.W_dec, MergeConfig(sim_threshold=sim_threshold, min_consistency=min_consistency),
-                       alive=alive)
+    ps = merge_latents(ensemble.W_dec, merge or MergeConfig(), alive=alive)
     return ps, pattern_activations(ensemble, ps, xt).numpy()
 
 

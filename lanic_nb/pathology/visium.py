@@ -6,7 +6,8 @@ The layout (Space Ranger >= 1.0; ``tissue_positions.csv`` with a header since 2.
     outs/
       filtered_feature_bc_matrix.h5          counts, 10x HDF5 (or the folder below)
       filtered_feature_bc_matrix/            barcodes.tsv.gz, features.tsv.gz, matrix.mtx.gz
-      spatial/tissue_positions.csv           barcode, in_tissue, array_row, array_col, pxl_row_in_fullres, pxl_col_in_fullres
+      spatial/tissue_positions.csv           barcode, in_tissue, array_row, array_col, pxl_row_in_fullres,
+                                             pxl_col_in_fullres
       spatial/scalefactors_json.json         tissue_hires_scalef, tissue_lowres_scalef, spot_diameter_fullres, ...
       spatial/tissue_hires_image.png         (and/or tissue_lowres_image.png)
 

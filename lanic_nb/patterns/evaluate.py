@@ -150,9 +150,10 @@ def gallery_purity(act: np.ndarray, presence: np.ndarray, concepts: Sequence[str
         top = top[act[top, u] > 0]
         share = y[top].mean(axis=0) if len(top) else np.zeros(y.shape[1])
         c = int(np.argmax(share - prevalence))
-        pure = (share >= pure_at) & (share - prevalence >= min_lift) if len(top) >= k / 2 else np.zeros(len(share), bool)
-        rows.append({"unit": u, "gallery_concept": names[c], "purity": float(share[c]), "prevalence": float(prevalence[c]),
-                     "n_gallery": len(top), "pure_concepts": list(names[pure])})
+        pure = ((share >= pure_at) & (share - prevalence >= min_lift) if len(top) >= k / 2
+                else np.zeros(len(share), bool))
+        rows.append({"unit": u, "gallery_concept": names[c], "purity": float(share[c]),
+                     "prevalence": float(prevalence[c]), "n_gallery": len(top), "pure_concepts": list(names[pure])})
     return pd.DataFrame(rows, columns=["unit", "gallery_concept", "purity", "prevalence", "n_gallery", "pure_concepts"])
 
 
@@ -230,7 +231,8 @@ def recovery_by_concept(
     y = presence.to_numpy()
     split = np.asarray(split).astype(str)
     cats = concept_categories(gt)
-    table = pd.DataFrame({"concept": concepts, "category": [cats.get(c, "") for c in concepts], "prevalence": y.mean(0)})
+    table = pd.DataFrame({"concept": concepts, "category": [cats.get(c, "") for c in concepts],
+                          "prevalence": y.mean(0)})
     for name, act in unit_sets.items():
         auc = auroc_matrix(act, y)
         table[f"best_{name.replace(' ', '_')}"] = np.nanmax(auc, axis=0) if len(auc) else np.nan

@@ -50,26 +50,33 @@ PATTERNS_JSON = "patterns.json"
 class MergeConfig:
     """How latents of different members are joined into patterns."""
 
-    sim_threshold: float = 0.7
-    """Minimum cosine between two members' decoder directions for them to be the same pattern."""
-    min_consistency: float = 0.5
-    """Keep patterns held by at least this fraction of members."""
+    sim_threshold: float = 0.5
+    """Minimum cosine between two members' decoder directions (whole rows, with an input decoder) for them to be
+    one pattern, in [-1, 1]. Default: chosen on the phantom (CXR-LanIC's merge is not public; docs/decisions.md)."""
+    min_consistency: float = 0.25
+    """Keep patterns held by at least this fraction of members, in [0, 1]. Default: chosen on the phantom (13 of
+    the demo's 50 members; docs/decisions.md)."""
     block_size: int = 4096
-    """Rows per similarity block (bounds memory: block_size x cell size floats)."""
+    """Rows per similarity block; bounds memory at block_size x cell size floats. Default: engineering (memory
+    only, no effect on results)."""
     n_neighbors: int = 8
-    """Neighbours (from other members, above threshold) each latent links to inside a cell."""
+    """Neighbours (from other members, above the threshold) each latent links to inside a cell. Default:
+    engineering (the union-find needs few links; more only cost time)."""
     n_cells: int = 0
-    """Coarse k-means cells; 0 picks about sqrt(number of latents)."""
+    """Coarse k-means cells of the inverted-file index; 0 picks about sqrt(number of latents). Default: the
+    square-root rule of inverted-file indexes."""
     kmeans_iters: int = 6
-    """Spherical k-means iterations for the coarse cells."""
+    """Spherical k-means iterations for the coarse cells. Default: engineering (cells need not be optimal:
+    every latent queries its two nearest)."""
     kmeans_sample: int = 20000
-    """Latents sampled to fit the coarse cells."""
+    """Latents sampled to fit the coarse cells. Default: engineering."""
     seed: int = 0
-    """Seed of the k-means sample and initialization."""
+    """Seed of the k-means sample and initialization. Default: 0."""
     act_threshold: float = 0.5
-    """Minimum cosine between two latents' codes on a sample of inputs for them to join, when codes are given
-    to ``merge_latents``; 0 (or no codes) merges by decoder direction alone. On the demo phantom it raised the
-    category accuracy of the annotated patterns from 0.71 to 0.86 at the same recovery."""
+    """Minimum cosine between two latents' codes on a sample of inputs for them to join, when codes are given to
+    ``merge_latents``, in [0, 1]; 0 (or no codes) merges by decoder direction alone. Two members can write nearly
+    the same direction for different reasons (a shortcut marker riding on its finding); their codes tell them
+    apart. Default: chosen on the phantom (docs/decisions.md)."""
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.sim_threshold <= 1.0:
@@ -87,7 +94,8 @@ class MergeConfig:
         if self.kmeans_sample < 1:
             raise ValueError(f"kmeans_sample must be >= 1, got {self.kmeans_sample}")
         if not 0.0 <= self.act_threshold <= 1.0:
-            raise ValueError(f"act_threshold must be a cosine in [0, 1] (codes are non-negative), got {self.act_threshold}")
+            raise ValueError("act_threshold must be a cosine in [0, 1] (codes are non-negative), "
+                             f"got {self.act_threshold}")
 
 
 @dataclass
@@ -136,7 +144,8 @@ class PatternSet:
         folder = Path(folder)
         t = read_tensors(folder / DIRECTIONS_FILE, device=device)
         meta = read_json(folder / PATTERNS_JSON)
-        return cls(t["latent_pattern"], t["directions"], t["consistency"], t["n_latents"], MergeConfig(**meta["config"]))
+        return cls(t["latent_pattern"], t["directions"], t["consistency"], t["n_latents"],
+                   MergeConfig(**meta["config"]))
 
 
 def _spherical_kmeans(x: torch.Tensor, n_cells: int, iters: int, gen: torch.Generator) -> torch.Tensor:
@@ -163,7 +172,9 @@ def _top2_cells(x: torch.Tensor, cent: torch.Tensor, block: int) -> torch.Tensor
 
 @contextlib.contextmanager
 def _single_thread():
-    """Small per-cell blocks run faster on one thread (no OpenMP hand-off on a busy CPU)."""
+    """Run torch on one thread for the duration: the per-cell similarity blocks are too small to repay OpenMP's
+    hand-off between threads, which stalls on a busy CPU
+    (docs/decisions.md#merge-co-firing-test-act_threshold-sim_threshold)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -314,7 +325,8 @@ def merge_latents(
         in_bad = np.isin(comp, bad)
         lo, hi = np.minimum(src, dst)[in_bad[src]], np.maximum(src, dst)[in_bad[src]]
         _, first_of = np.unique(lo * n + hi, return_index=True)  # each undirected edge once
-        roots = _constrained_union(np.nonzero(in_bad)[0], lo[first_of], hi[first_of], sim[in_bad[src]][first_of], mem_np)
+        roots = _constrained_union(np.nonzero(in_bad)[0], lo[first_of], hi[first_of], sim[in_bad[src]][first_of],
+                                   mem_np)
         nodes = np.fromiter(roots.keys(), np.int64)
         comp = comp.copy()
         comp[nodes] = comp.max() + 1 + np.fromiter(roots.values(), np.int64)

@@ -7,10 +7,50 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from lanic_nb.io import read_table
+from lanic_nb.manifest import resolve_image_path
 from lanic_nb.patterns.merge import PatternSet
+from lanic_nb.rundir import RunDir
 
 SUMMARY_COLUMNS = ["pattern_id", "consistency", "firing_freq", "concept_1", "score_1", "concept_2", "category",
                    "category_confidence"]
+
+
+def plot_films(run_dir, image_ids, titles=None, cols: int = 6, size: float = 1.7):
+    """Thumbnails of a run's films by image id (a pattern's top films, a latent's, look-alikes), titled."""
+    from PIL import Image
+
+    rd = RunDir(run_dir)
+    manifest = read_table(rd.manifest).set_index("image_id")
+    ids = [str(i) for i in image_ids]
+    titles = list(titles) if titles is not None else ids
+    rows = max(1, -(-len(ids) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, (size + 0.35) * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, iid, title in zip(axes.ravel(), ids, titles, strict=False):
+        img = Image.open(resolve_image_path(rd.manifest, manifest.loc[iid, "image_path"])).convert("L")
+        ax.imshow(np.asarray(img), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(str(title), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def pick_pattern(table: pd.DataFrame, other_names=None, prefer: str = "portable") -> int:
+    """A pattern to walk through. With ``other_names`` (one name per pattern, e.g. plain MAMMI's): only patterns
+    that the table names differently, if any. Among those, the most consistent one whose name contains ``prefer``
+    (the demo's shortcut), else the most consistent one named after a device or artifact, else the most consistent."""
+    t = table.sort_values(["consistency", "pattern_id"], ascending=[False, True])
+    named = t.get("concept_1", pd.Series("", index=t.index)).fillna("").astype(str)
+    if other_names is not None:
+        differ = named.to_numpy() != np.asarray(other_names, dtype=object)[t.pattern_id.to_numpy()]
+        if differ.any():
+            t, named = t[differ], named[differ]
+    category = t.get("category", pd.Series("", index=t.index))
+    for keep in (named.str.contains(prefer), category.isin(("device", "artifact"))):
+        if keep.any():
+            return int(t[keep].pattern_id.iloc[0])
+    return int(t.pattern_id.iloc[0])
 
 
 def plot_consistency(patterns: PatternSet):

@@ -85,32 +85,40 @@ class PhantomConfig:
     """Size, randomness and planting rates of a phantom dataset."""
 
     n_images: int = 3000
-    """Number of images."""
+    """Number of images. Default: chosen on the phantom (enough films for 23 planted concepts, a few minutes of
+    drawing and embedding on 2 cores)."""
     image_size: int = 224
-    """Side of the square images in pixels."""
+    """Side of the square images in pixels. Default: BiomedCLIP's 224 px input."""
     seed: int = 0
-    """Seed of everything random (images, reports, splits)."""
+    """Seed of everything random (images, reports, splits). Default: 0."""
     images_per_patient: int = 2
-    """Consecutive images that share a patient (anatomy); splits never separate them."""
+    """Consecutive images that share a patient (anatomy); splits never separate them. Default: chosen on the phantom
+    (MIMIC-CXR has several studies per patient)."""
     prevalence: dict[str, float] = field(default_factory=dict)
     """Per-concept base-rate overrides (concept name -> [0, 1]): the rate in a patient with no latent state
-    (``lanic_nb.phantom.population``); not for the shortcut concept, whose base is ``shortcut_base``."""
+    (``lanic_nb.phantom.population``); not for the shortcut concept, whose base is ``shortcut_base``. Default: none
+    (the concept table's rates, lanic_nb.phantom.config)."""
     shortcut_concept: str = "portable_marker"
-    """The concept planted to follow ``shortcut_finding`` beyond what the latent states explain (empty string:
-    no planted shortcut; the states' confounding stays)."""
+    """The concept planted to follow ``shortcut_finding`` beyond what the latent states explain (empty string: no
+    planted shortcut; the states' confounding stays). Default: the PORTABLE marker, a technique artifact that real
+    hospital films carry on the sickest patients."""
     shortcut_finding: str = "Pleural Effusion"
-    """The finding the shortcut follows."""
+    """The finding the shortcut follows. Default: pleural effusion, the most frequent of the five findings in
+    CheXpert."""
     shortcut_strength: float = 0.6
-    """Extra probability (noisy-OR on top of its state-driven rate) that the shortcut concept is planted on an
-    image with the finding."""
+    """Extra probability (noisy-OR on top of its state-driven rate) that the shortcut concept is planted on an image
+    with the finding. Default: chosen on the phantom (a shortcut a classifier learns, weaker than the finding
+    itself)."""
     shortcut_base: float | None = None
-    """The shortcut concept's base rate (None: its own, from the concept table)."""
+    """The shortcut concept's base rate (None: its own, from the concept table). Default: none (the concept table's
+    rate)."""
     latent_states: bool = True
-    """Draw the patients' latent states (acuity, cardiac history, chronic lung disease) that make concepts
-    co-occur as in hospital data; False plants every concept independently at its base rate (the phantom
-    encoder's pretraining stream, where co-occurrence would only teach it to confuse concepts)."""
+    """Draw the patients' latent states (acuity, cardiac history, chronic lung disease) that make concepts co-occur as
+    in hospital data; False plants every concept independently at its base rate (the phantom encoder's pretraining
+    stream, where co-occurrence would only teach it to confuse concepts). Default: on (the co-occurrence of hospital
+    data)."""
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    """Train / val / test fractions of patients."""
+    """Train / val / test fractions of patients. Default: 70 / 10 / 20, a common split by patient."""
 
     def __post_init__(self) -> None:
         for name in ("n_images", "image_size", "images_per_patient"):

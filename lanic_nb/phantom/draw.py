@@ -3,7 +3,7 @@
 The image is built as a "density" map (higher = more attenuating = whiter on the film) on an
 isotropic coordinate grid: x runs -1 (image left = patient RIGHT) to +1, y runs -1 (top) to +1.
 Everything is vectorised numpy on broadcast (1, S) x (S, 1) grids, and side-specific work (lungs,
-effusion, ...) runs on one half-image per side, so one 224 px image costs a few milliseconds.
+effusion, ...) runs on one half-image per side rather than on the whole grid, which keeps drawing cheap.
 """
 
 from __future__ import annotations
@@ -246,7 +246,8 @@ def render(a: Anatomy, plants: Plants, size: int, rng: np.random.Generator) -> n
     x, y = grid(size)
     half = size // 2
     noise = smooth_noise(rng, size, max(6, size // 12))  # lung markings / patchiness texture
-    # Detector noise: centred uniform scaled to unit variance (a Gaussian costs 5x more to draw).
+    # Detector noise: centred uniform scaled to unit variance (sqrt(12)), cheaper to draw than a Gaussian
+    # (docs/decisions.md#stages-phantom-detector-noise).
     sens = (rng.random((size, size), dtype=np.float32) - 0.5) * 3.464
 
     # Midline structures; scoliosis bends the spine and drags the mediastinum with it.

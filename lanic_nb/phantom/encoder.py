@@ -1,7 +1,8 @@
 """The phantom encoder: an open_clip model pretrained once on a stream of phantom images, shipped with the package.
 
-Why: a CLIP trained from scratch inside a 10-minute demo (64 px, a few thousand image-report pairs) does not
-see thin devices or detector artifacts, so the pipeline on top of it cannot find them either. Real users
+Why: a CLIP trained from scratch inside a short demo (small images, a few thousand image-report pairs) hardly
+sees thin devices or detector artifacts, so the pipeline on top of it cannot find them either
+(docs/decisions.md#encoder-the-embedded-phantom-encoder-instead-of-a-from-scratch-clip). Real users
 start from BiomedCLIP, pretrained at scale; the phantom gets the same: a model with BiomedCLIP's structure
 in miniature (a ModifiedResNet image tower at 128 px, a BERT text tower built by ``transformers`` with a
 WordPiece vocabulary covering the concept vocabulary), pretrained by this module's recipe on a large
@@ -76,7 +77,7 @@ class PretrainConfig:
     text_layers: int = 4
     """BERT layers."""
     text_width: int = 128
-    """BERT hidden size (the text side is most of a step's cost at 256)."""
+    """BERT hidden size; narrower than ``embed_dim``, since a text tower that wide would cost most of a step."""
     text_heads: int = 4
     """BERT attention heads."""
     embed_dim: int = 256

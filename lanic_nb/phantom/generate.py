@@ -120,6 +120,14 @@ def view_of(rows: list[Planted]) -> str:
     return "AP" if any(r.concept == "portable_marker" and r.present for r in rows) else "PA"
 
 
+def study_report(cfg: PhantomConfig, index: int, rows: list[Planted], states: dict):
+    """The templated report of study ``index`` (the one the dataset gets): a ``reports.Report``."""
+    from lanic_nb.phantom.reports import make_report
+
+    return make_report(rows, np.random.default_rng([cfg.seed, 2, index]), view=view_of(rows),
+                       rotated=states["rotated"])
+
+
 def _write_png(path: Path, img: np.ndarray) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(img).save(tmp, format="PNG", compress_level=1)
@@ -129,15 +137,13 @@ def _generate_chunk(
     cfg: PhantomConfig, img_dir: Path, start: int, stop: int
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """Images start..stop-1: write their PNGs; return their manifest records, truth rows and states."""
-    from lanic_nb.phantom.reports import make_report
-
     records, truth, states = [], [], []
     for i in range(start, stop):
         img, rows, st = generate_study(cfg, i)
         iid = image_id(i)
         _write_png(img_dir / f"{iid}.png", img)
         view = view_of(rows)
-        report = make_report(rows, np.random.default_rng([cfg.seed, 2, i]), view=view, rotated=st["rotated"])
+        report = study_report(cfg, i, rows, st)
         records.append(
             {
                 "image_id": iid,

@@ -25,6 +25,16 @@ def _short(row: pd.Series) -> str:
     return " ".join(parts) or "(no finding mentioned)"
 
 
+def plot_film(img: np.ndarray, title: str = "", size: float = 3.0) -> plt.Figure:
+    """One radiograph (uint8 (S, S)) with a title."""
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
 def example_grid(run_dir: str | Path, n: int = 8, cols: int = 4, seed: int = 0) -> plt.Figure:
     """n random images, each titled with its labels (+ positive, - negated, ? uncertain)."""
     rd = RunDir(Path(run_dir))

@@ -53,8 +53,9 @@ class _Step(torch.autograd.Function):
 def encoder_product(xc: torch.Tensor, w_enc: torch.Tensor, precision: str = "float32") -> torch.Tensor:
     """xc (n_members, batch, d_in) times W_enc (n_members, d_dict, d_in) transposed  # (n_members, batch, d_dict),
     float32. In "bfloat16" both factors are rounded to bfloat16 for the product (float32 accumulation inside), whose
-    bfloat16 result is returned as float32 (a relative rounding of at most 2^-8); only the forward is rounded: the gradients (``_RoundedProduct``) are the exact float32
-    ones of the product, as the sparse step's own backward (``sparse._GatherPre``) computes them."""
+    bfloat16 result is returned as float32 (a relative rounding of at most 2^-8); only the forward is rounded: the
+    gradients (``_RoundedProduct``) are the exact float32 ones of the product, as the sparse step's own backward
+    (``sparse._GatherPre``) computes them."""
     if precision == "float32":
         return torch.bmm(xc, w_enc.transpose(1, 2))
     if precision != "bfloat16":

@@ -5,7 +5,7 @@ The model and its maths are described in ``lanic_nb.transcoder.model``."""
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import NamedTuple
 
 import torch
@@ -22,95 +22,97 @@ W_ENC_LAYOUT = "n_members,d_dict,d_in"
 
 @dataclass
 class TranscoderConfig:
-    """One flat config for a single transcoder (n_members=1) or an ensemble of them."""
+    """One flat config for a single transcoder (n_members=1) or an ensemble of them, for training and inference."""
 
-    d_in: int
-    """Width of the input x (the classifier's input embedding)."""
-    d_out: int
-    """Width of the target h (the classifier's hidden layer)."""
+    d_in: int | None = None
+    """Width of the input x (the classifier's input embedding); None until the data is known (the transcoder stage
+    takes it from the classifier). Default: from the data."""
+    d_out: int | None = None
+    """Width of the target h (the classifier's hidden layer; d_out == d_in makes an SAE). Default: from the data."""
     d_dict: int = 2048
-    """Number of latents per member (the largest, if dict_sizes differ)."""
-    n_members: int = 1
-    """Ensemble size; 1 is a single transcoder."""
+    """Latents per member (the largest, if ``dict_sizes`` differ). Default: Matryoshka Transcoders (arXiv
+    2511.10094) and LanSE (arXiv 2508.18236): 2,048."""
+    n_members: int = 100
+    """Ensemble size; 1 is a single transcoder. Default: CXR-LanIC (arXiv 2510.21464) trains 100."""
     k: int = 32
-    """Active latents per sample for "topk" / "batchtopk" (mean per sample for the latter)."""
+    """Active latents per sample for "topk" (the mean per sample for "batchtopk"). Default: LanSE's k = 32."""
     activation: str = "topk"
-    """One of "topk", "batchtopk", "relu", "jumprelu"."""
+    """The latent activation: "topk", "batchtopk" (the k x batch largest of a batch while training, one threshold
+    per member after), "relu" (with an L1 penalty) or "jumprelu". Default: TopK (Gao et al., arXiv 2406.04093;
+    LanSE)."""
     l1_coeff: float = 0.0
-    """Sparsity penalty: L1 of z for "relu", L0 (straight-through) for "jumprelu"; unused by top-k."""
+    """Sparsity penalty: L1 of z for "relu", L0 (straight-through) for "jumprelu"; unused by the top-k
+    activations. Default: 0 (the top-k activations need none)."""
     aux_coeff: float = 1 / 8
-    """Weight of the aux-k loss that trains dead latents on the residual (0 turns it off; Gao et al.: 1/32,
-    but with a few thousand images the residual is small and dead latents need a louder signal)."""
+    """Weight of the aux-k loss that trains dead latents on the residual (0: off). Default: chosen on the phantom
+    (Gao et al. use 1/32; with a few thousand images the residual is small and dead latents need a louder
+    signal)."""
     aux_k: int = 64
-    """How many dead latents the aux-k loss may use per sample."""
+    """How many dead latents the aux-k loss may use per sample. Default: chosen on the phantom (Gao et al. use
+    d_in / 2)."""
     dead_steps: int = 100
-    """A latent is dead after this many training steps without firing (100 x 128 rows: every image ~6x)."""
+    """A latent is dead after this many training steps without firing. Default: chosen on the phantom (100 steps
+    of 128 rows show every phantom image about 6 times)."""
     jump_bandwidth: float = 0.05
-    """Width of the rectangle kernel in JumpReLU's pseudo-derivatives (in units of pre-activation)."""
+    """Width of the rectangle kernel in JumpReLU's pseudo-derivatives, in units of pre-activation. Default:
+    Rajamanoharan et al. (arXiv 2407.14435) use 0.001 on unit-norm inputs; chosen on the phantom."""
     jump_init_threshold: float = 0.05
-    """Initial JumpReLU threshold."""
+    """Initial JumpReLU threshold. Default: chosen on the phantom."""
     lr: float = 2e-3
-    """AdamW learning rate (constant after a linear warm-up)."""
+    """AdamW learning rate, constant after a linear warm-up. Default: chosen on the phantom."""
     warmup_steps: int = 50
-    """Linear learning-rate warm-up; independent of `steps`, so a resumed, longer run matches one long run."""
+    """Linear learning-rate warm-up steps; independent of ``steps``, so a resumed, longer run matches one long run.
+    Default: chosen on the phantom."""
     weight_decay: float = 0.0
-    """AdamW weight decay."""
+    """AdamW weight decay. Default: 0, as in the SAE literature (decoder rows are renormalized instead)."""
     steps: int = 2000
-    """Optimizer steps (every member sees one minibatch per step)."""
+    """Optimizer steps; every member sees one minibatch per step. Default: chosen on the phantom."""
     batch_size: int = 256
-    """Samples per member per step."""
+    """Rows per member per step. Default: engineering (a common SAE batch on CPU)."""
     seed: int = 0
-    """Member i uses seed + i unless `seeds` is given."""
+    """Member i uses seed + i unless ``seeds`` is given. Default: 0."""
     seeds: list[int] | None = None
-    """Explicit per-member seeds (length n_members)."""
+    """Explicit per-member seeds (length n_members). Default: none (seed + i)."""
     bootstrap: bool = False
-    """Each member trains on its own bootstrap resample of the rows (drawn with its own generator)."""
+    """Each member trains on its own bootstrap resample of the rows, drawn with its own generator (bagging, one
+    way to make members differ beyond their seeds). Default: off; CXR-LanIC's members differ by seed."""
     dict_sizes: list[int] | None = None
-    """Per-member dictionary sizes (<= d_dict); latents beyond a member's size are masked off."""
+    """Per-member dictionary sizes (each in [k, d_dict]); latents beyond a member's size are masked off.
+    Default: none (every member has d_dict)."""
     normalize_decoder: bool = True
-    """Keep decoder rows at unit norm (renormalized after every step)."""
+    """Keep decoder rows at unit norm (renormalized after every step), so a latent's code carries its size.
+    Default: on, as in Gao et al. and sparsify."""
     tied_init: bool = True
-    """Top-k SAEs (d_in == d_out, "topk" / "batchtopk") start with each member's encoder equal to its decoder (both
-    latent-major), so the first codes pick the directions along each input, and the data-based init fits the
-    encoder's scale by least squares (Gao et al. 2024 tie the init too; bench/peers.py: FVU 0.69 instead of 0.84
-    after 400 demo-shaped steps). Transcoders (d_in != d_out) and ReLU / JumpReLU SAEs keep a random encoder."""
+    """Top-k SAEs (d_in == d_out, "topk" / "batchtopk") start with each member's encoder equal to its decoder, and
+    a data-based init fits the encoder's scale by least squares. Transcoders (d_in != d_out) and ReLU / JumpReLU
+    SAEs keep a random encoder. Default: on, as Gao et al. tie the initialization."""
     sparse_topk: bool = True
-    """"topk", and "batchtopk" while training (its choices per row vary, padded to the most any row holds): after
-    the dense encoder product, touch just the chosen latents per row: the decode, every
-    gradient and the aux-k loss, through one sort of the choices by latent (``lanic_nb.transcoder.sparse``),
-    instead of products over all d_dict latents. Same math (tested), about d_dict / k less work after the
-    encoder; False keeps the dense formulation, the reference the tests compare against. On CPU with at least
-    ``fused.FUSED_MIN_WEIGHTS`` weights per member (MIMIC's widths, not the demo's) the weight update also runs
-    as one pass per latent row (``lanic_nb.transcoder.fused``: the gradient sums, AdamW, the normalization)."""
+    """"topk", and "batchtopk" while training: after the dense encoder product, touch only the chosen latents of
+    each row (decode, every gradient, the aux-k loss; ``lanic_nb.transcoder.sparse``) instead of products over all
+    d_dict latents. The same numbers (tested against the dense reference) with about d_dict / k less work after the
+    encoder; on CPU at widths of ``fused.FUSED_MIN_WEIGHTS`` weights per member the weight update also runs as one
+    pass per latent row (``lanic_nb.transcoder.fused``). False: the dense reference. Default: on (speed only)."""
     encoder_precision: str = "float32"
-    """Training only: "bfloat16" rounds the two factors of the encoder's forward product (the one product over all
-    latents in a sparse step; it chooses the latents and gives their values) to bfloat16 (float32 accumulation
-    inside, a bfloat16 result read back as float32); every gradient stays the exact float32 one, and inference (``eval()``) is always float32.
-    Where the hardware multiplies bfloat16 natively (CPUs with AVX512-BF16 or AMX, GPUs) that product runs about 4x
-    faster: on this project's 2-core AMD EPYC (AVX512-BF16) a 2048^3 product took 195 GFLOP/s in float32 and 870
-    in bfloat16, and bench/peers.py's MIMIC-shaped step (4,096 latents) went from about 14 to 9 ms per member-step.
-    The cost: pre-activations carry bfloat16's rounding (about 0.4% relative), so latents within that of the k-th
-    can be chosen differently than in float32. Elsewhere (no native bfloat16) it is slower: keep "float32"."""
+    """Training only: "bfloat16" takes the encoder's forward product (the one product over all latents in a sparse
+    step) in bfloat16 with float32 accumulation; every gradient stays the exact float32 one and inference is always
+    float32. Faster only where the hardware multiplies bfloat16 natively (GPUs, CPUs with AVX512-BF16 or AMX;
+    docs/benchmarks.md), slower elsewhere; pre-activations carry bfloat16's rounding (2^-8 relative), so latents
+    that close to the k-th may be chosen differently. Default: float32, right on every machine."""
     input_weight: float = 0.0
-    """Training only: the loss also asks the decoder to reconstruct the input x (rescaled to the total variance of
-    the target), with this weight beside the target's FVU. A transcoder's loss alone spends its latents on the few
-    directions that carry h's variance (a classifier's hidden layer mostly encodes its findings), so concepts that
-    h carries in low-variance directions get no latent of their own; reconstructing x too makes the latents
-    features of the input that also explain h. ``train_ensemble`` keeps only the target part of the decoder, so
-    the result is an ordinary transcoder x -> h and every decomposition stays exact. 0 = the plain transcoder."""
+    """Training only: the decoder also reconstructs the input x (rescaled to the target's total variance) at this
+    weight beside the target's FVU, so the latents become features of the input that also explain h instead of
+    h's few high-variance directions; ``train_ensemble`` keeps only the target part of the decoder, so the result
+    is an ordinary x -> h transcoder. Default: 0, the plain transcoder (the demo uses 1.0: docs/decisions.md)."""
     checkpoint_every: int = 500
-    """Steps between checkpoints when a checkpoint folder is given."""
+    """Steps between checkpoints when a checkpoint folder is given (a killed run resumes from the last one).
+    Default: engineering."""
     member_seeds: list[int] = field(init=False, repr=False)
     """Resolved per-member seeds (derived)."""
 
     def __post_init__(self) -> None:
         require_at_least_one(
-            self,
-            (
-                "d_in", "d_out", "d_dict", "n_members", "k", "aux_k", "dead_steps", "steps", "batch_size",
-                "checkpoint_every"
-            ),
-        )
+            self, ("d_dict", "n_members", "k", "aux_k", "dead_steps", "steps", "batch_size", "checkpoint_every"))
+        require_at_least_one(self, [n for n in ("d_in", "d_out") if getattr(self, n) is not None])
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.encoder_precision not in PRECISIONS:
@@ -137,6 +139,13 @@ class TranscoderConfig:
             if any(not self.k <= s <= self.d_dict for s in self.dict_sizes):
                 raise ValueError(f"dict_sizes must lie in [k={self.k}, d_dict={self.d_dict}], got {self.dict_sizes}")
             self.dict_sizes = [int(s) for s in self.dict_sizes]
+
+    def with_dims(self, d_in: int, d_out: int) -> TranscoderConfig:
+        """This config for inputs of width ``d_in`` and targets of width ``d_out`` (ValueError if it names others)."""
+        for name, value in (("d_in", d_in), ("d_out", d_out)):
+            if getattr(self, name) is not None and getattr(self, name) != value:
+                raise ValueError(f"{name} is {getattr(self, name)}, but the data has {value} (leave {name} unset)")
+        return replace(self, d_in=int(d_in), d_out=int(d_out))
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -4,14 +4,13 @@ decoder's normalization of each W_enc / W_dec row together, while the row is in 
 After the sparse backward (``sparse.py``) the gradient of latent j's weight row is a sum over the few rows that
 chose it. Formed as tensors, each weight's gradient is written to memory, AdamW reads it back with the weight
 and both moments and writes three of them, the decoder's normalization reads and writes W_dec once more, and
-b_pre's gradient reads W_enc once more. At MIMIC's shapes (4,096 latents x 512 per member, 4.2 M weights) these
-passes are memory-bound. So where ``applies`` holds, the backward leaves the sums to the update (``Sink``: the
+b_pre's gradient reads W_enc once more. At wide shapes (MIMIC's: 4,096 latents x 512 per member) these passes
+are memory-bound. So where ``applies`` holds, the backward leaves the sums to the update (``Sink``: the
 choices' rows and weights in the order of the latent sort) and ``apply`` forms each row's gradient in a small
 buffer, adds the row's share of b_pre's gradient, updates the row with the arithmetic of torch's AdamW
 (decoupled weight decay, bias-corrected moments, eps outside the square root) and normalizes a decoder row at
 once; the value gradients read each chosen decoder row once for all the rows that chose it (``sorted_dots``).
-Measured on 2 cores at MIMIC's shapes, A/B in one process, ms per member-step: backward + update 2.49 + 2.64 ->
-0.63 + 2.75; the whole step 14.0 -> 12.3 (1.14x; 1.22-1.27x in two earlier A/B runs in a slower hour).
+Timings against the unfused step: docs/decisions.md#step-fused-cpu-weight-update-fused_min_weights.
 The step's graph holds the sink, so ``apply`` empties it: a sink still holding a tensor of the graph would close a
 reference cycle through C++ edges the garbage collector cannot see, and every step's tensors would stay alive.
 
@@ -33,9 +32,9 @@ from lanic_nb.transcoder.select import _jit, _prange, numba
 
 FUSED_MIN_WEIGHTS = 1 << 20
 """Fuse the update where one member's d_dict x max(d_in, d_out) weights reach this (MIMIC: 4,096 x 512 = 2.1 M).
-The demo's ensemble (256 latents x 512) stays below on purpose: the fused step is 14% faster at the peers bench's
-demo shapes too (0.79 vs 0.92 ms per member-step), but its rounding differs from torch's AdamW at 1e-7, which
-moves a trained ensemble, and the figures the README reports for the phantoms were measured with torch's."""
+The demo's ensemble (256 latents x 512) stays below on purpose, though the fused step would be faster there too:
+its rounding differs from torch's AdamW in the last bits, which moves a trained ensemble, and the phantoms'
+reference figures come from torch's AdamW (docs/decisions.md#step-fused-cpu-weight-update-fused_min_weights)."""
 
 _BLOCK = 32  # latents per parallel task (one gradient buffer each)
 
@@ -128,9 +127,9 @@ def sorted_dots(g: torch.Tensor, w: torch.Tensor, rows: torch.Tensor, order: tor
     """The value gradients of the fused step: out[order[e]] = g[rows[e]] . w[j] for every choice e of latent j
     (the latent-sorted order of ``sparse.Choices``), zeros where no choice is (padding)  # (size,).
 
-    Latent by latent, each chosen weight row is read once for all the rows that chose it. torch's per-sample-weight
-    backward of embedding_bag (``sparse._bag_dots``) dots choice by choice on one thread: on one step's choices at
-    MIMIC's shapes (10 x 256 rows, k 32) 1.05 ms per member against 0.52 here."""
+    Latent by latent, each chosen weight row is read once for all the rows that chose it, where torch's
+    per-sample-weight backward of embedding_bag (``sparse._bag_dots``) dots choice by choice on one thread
+    (docs/decisions.md#step-fused-cpu-weight-update-fused_min_weights)."""
     out = g.new_zeros(size)
     _sorted_dots(g.contiguous().numpy(), w.detach().contiguous().numpy(), rows.contiguous().numpy(),
                  order.contiguous().numpy(), offsets.contiguous().numpy(), out.numpy())

@@ -5,12 +5,13 @@ latents fire at all; each pattern's activation). ``TranscoderEnsemble.encode`` r
 written into a zero matrix of n_members x d_dict per row, then permuted and summed into patterns. Here the
 codes stay as (values, latents), k per member and row, and the pattern sums are one scatter.
 
-Where this machine multiplies bfloat16 faster than float32 (a CPU with AVX512-BF16 or AMX: 2.7x on the 2-core
-runner; a CUDA GPU with bf16), the encoder's product that *chooses* the latents runs in bfloat16 and keeps a
-few more candidates than k per row; the candidates' pre-activations are then recomputed exactly in float32 and
-the top k taken among them. The values are float32's, and the choice is float32's whenever the true top k are
-among the candidates: bfloat16's error on a pre-activation is about 0.3% of their spread, while the margin
-covers a whole band of ranks (``candidates``; tests compare against the float32 path).
+Where this machine multiplies bfloat16 faster than float32 (a CPU with AVX512-BF16 or AMX, a CUDA GPU with
+bf16), the encoder's product that *chooses* the latents runs in bfloat16 and keeps a few more candidates than k
+per row; the candidates' pre-activations are then recomputed exactly in float32 and the top k taken among them.
+The values are float32's, and the choice is float32's whenever the true top k are among the candidates:
+bfloat16's rounding (8 significant bits) moves a pre-activation by a small fraction of their spread, while the
+margin covers a whole band of ranks (``candidates``; tests compare against the float32 path; timings and the
+measured error: docs/decisions.md#inference-k-codes-per-member-latents-chosen-in-bfloat16).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from lanic_nb.transcoder.sparse import _dots
 
 
 def low_precision_ok(device: torch.device) -> bool:
-    """Whether choosing latents from a bfloat16 product pays on ``device`` (measured: 2.7x on AVX512-BF16)."""
+    """Whether choosing latents from a bfloat16 product pays on ``device``: hardware that multiplies bfloat16
+    natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX (see the module's notes)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu":

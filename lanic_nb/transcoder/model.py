@@ -23,9 +23,9 @@ With TopK only k of the d_dict latents are nonzero per row, so by default (``spa
 one dense product (the encoder's forward, which must see every latent to choose k); the decode, the aux-k loss
 and every gradient work on the chosen latents only, the weight gradients as per-latent sums over the rows that
 chose them (``lanic_nb.transcoder.sparse``). Same values and gradients as the dense formulation (tested).
-Both choose the k latents with ``lanic_nb.transcoder.select.topk_indices`` (a numba kernel on CPU, 2.7-2.9x
-``torch.topk`` in bench/topk.py; tests/transcoder/test_select.py checks it against ``torch.topk``), so ties at the k-th place
-(common in bfloat16) fall the same way in both formulations.
+Both choose the k latents with ``lanic_nb.transcoder.select.topk_indices`` (a numba kernel on CPU, faster than
+``torch.topk``: docs/decisions.md#step-top-k-kernel; tests/transcoder/test_select.py checks it against
+``torch.topk``), so ties at the k-th place (common in bfloat16) fall the same way in both formulations.
 
 Activations are one switch: "topk" (k largest pre-activations, then ReLU, Gao et al. 2024:
 exactly k nonzeros whenever the k-th pre-activation is positive), "batchtopk" (the k x batch
@@ -76,6 +76,9 @@ class TranscoderEnsemble(nn.Module):
 
     def __init__(self, cfg: TranscoderConfig):
         super().__init__()
+        if cfg.d_in is None or cfg.d_out is None:
+            raise ValueError("TranscoderConfig.d_in and d_out must be set to build an ensemble "
+                             "(cfg.with_dims(d_in, d_out))")
         self.cfg = cfg
         n, di, do, dd = cfg.n_members, cfg.d_in, cfg.d_out, cfg.d_dict
         inits = [_member_init(cfg, s) for s in cfg.member_seeds]
@@ -207,8 +210,8 @@ class TranscoderEnsemble(nn.Module):
     def _losses(self, h_hat: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per member: squared error per sample, variance of h per sample, FVU  # each (n_members,)."""
         err = (h_hat - h).square().sum((1, 2)) / h.shape[1]
-        # Centred by hand: torch's var over the middle axis of (n_members, batch, d_out) ran 16x slower (2.5 ms
-        # vs 0.15 ms per demo step on 2 cores), a tenth of the whole step.
+        # Centred by hand: torch's var over the middle axis of (n_members, batch, d_out) is much slower on CPU
+        # (docs/decisions.md#step-batch-variance-centred-by-hand).
         var = (h - h.mean(1, keepdim=True)).square().mean(1).sum(-1).clamp_min(1e-12)
         return err, var, err / var
 
@@ -261,7 +264,7 @@ class TranscoderEnsemble(nn.Module):
         aux = _aux_error(e_hat, h - h_hat.detach(), dead, var) if aux_on else zero
         loss = (fvu + cfg.aux_coeff * aux).sum()  # summed over members, as in the dense path
         fired = None  # training only (train_step's bookkeeping): from the choices, not a pass over the dense codes
-        if self.training:  # (0.25 ms per MIMIC member-step)
+        if self.training:  # only train_step reads it (docs/decisions.md#step-fired-latents-from-the-choices)
             fired = vals.new_zeros(cfg.n_members * cfg.d_dict).index_add_(
                 0, ch.flat[:, :k].reshape(-1), vals.detach().reshape(-1)).gt(0).view(cfg.n_members, -1)  # codes >= 0
         return TranscoderOutput(h_hat, codes, loss, err / cfg.d_out, aux, l1, fvu, fired)

@@ -1,29 +1,28 @@
 """Which k latents fire: the indices of the k largest pre-activations per row, faster than ``torch.topk`` on CPU.
 
-Every TopK training step chooses k of d_dict latents for each (member, row). At the demo's shapes (20 members x
-128 rows x 256 latents, k 16) ``torch.topk`` takes about a third of the step on 2 cores: its CPU kernel runs a
-general nth_element over (value, index) pairs with a NaN-aware comparison per element. Here a small numba kernel
-(numba is already installed for UMAP) bounds the answer first and then selects among few candidates:
+Every TopK training step chooses k of d_dict latents for each (member, row), and on CPU ``torch.topk`` is a large
+share of a small step: its CPU kernel runs a general nth_element over (value, index) pairs with a NaN-aware
+comparison per element (docs/decisions.md#step-top-k-kernel). Here a small numba kernel (numba is already
+installed for UMAP) bounds the answer first and then selects among few candidates:
 
 - bound: split the row into k strided groups (group g holds g, g + k, g + 2k, ...); the smallest of the k group
   maxima, t0, is at most the row's k-th largest value, since the k maxima are k elements all >= t0. Where rows
   are long and k >= 32 the group maxima come from torch's vectorized ``amax`` (numba does not vectorize it);
-- candidates: the elements >= t0, kept by a branch-free pass (about 48 of 256 at the demo's shapes, 120 of
-  4,096 at MIMIC's);
+- candidates: the elements >= t0, kept by a branch-free pass (a small fraction of the row when k << d_dict);
 - select: quickselect over the candidates with branch-free partitions (> pivot to the front, < pivot to the
   back, ties counted), taking whole sides until exactly k are chosen.
 
 Two more kernels serve the same step: BatchTopK's choices (``at_least_indices``: a row's values at or above
-its member's batch threshold, one pass, 1.5 vs 10.7 ms for torch.topk of the demo's 50 x 128 x 256; the
-threshold itself, the (k x batch)-th largest of a member's batch, comes from ``topk_indices``, 4.0 vs 9.7 ms) and
-the sort of a step's choices by latent for the per-latent gradient sums (``sort_by_key``: a counting sort, 1.6
-vs 9.5 ms). With them and the padding-free BatchTopK decode (``sparse.Ragged``) the demo's 50-member stage 03
-took 134 instead of 172 s for 1,000 steps on 2 cores, same run, same FVU to 1e-5 (1.29x).
+its member's batch threshold, in one pass instead of a selection; the threshold itself, the (k x batch)-th
+largest of a member's batch, comes from ``topk_indices`` through ``kth_largest``) and the sort of a step's choices
+by latent for the per-latent gradient sums (``sort_by_key``: a counting sort, since the keys are latents).
+Like the padding-free BatchTopK decode (``sparse.Ragged``), they change the cost of a step, not its result
+(docs/decisions.md#step-batchtopk-kernels-and-padding-free-sums).
 
-The kernels are module-level functions so numba's disk cache finds them in the next process (compiled inside a
-function they were closures, compiled afresh by every notebook: 6-11 s each).
+The kernels are module-level functions so numba's disk cache finds them in the next process; a kernel compiled
+inside a function is a closure, which numba compiles afresh in every process.
 
-Figures: ``bench/peers.py`` and README (the kernel against ``torch.topk`` on the same tensors, one run). The result
+Timings: ``bench/topk.py`` (the kernels against the torch calls they replace, on the same tensors). The result
 is the set ``torch.topk`` returns (order within a row is not defined, as with ``sorted=False``); among equal
 values at the k-th place either may be chosen, as with torch. NaN counts as -inf here (torch ranks it above
 everything); a row always gets k distinct valid indices. Tensors on a GPU, other dtypes, or a machine without
@@ -50,7 +49,7 @@ def _no_numba(*args, **kwargs):  # pragma: no cover - only where numba is missin
 
 
 # Module-level functions, so numba's on-disk cache finds them again in the next process (a kernel built inside a
-# function is a closure, which numba compiled afresh in every process: 6-11 s per notebook on 2 cores).
+# function is a closure, which numba compiles afresh in every process).
 _jit = numba.njit if numba is not None else (lambda *a, **k: (lambda f: _no_numba))
 _prange = numba.prange if numba is not None else range
 
@@ -58,7 +57,7 @@ _prange = numba.prange if numba is not None else range
 @_jit(inline="always", boundscheck=False, cache=True)
 def _bound(row, k, full):  # min over the k strided groups of each group's max; NaN never enters a max
     t0 = np.float32(np.inf)
-    if k % 8 == 0:  # eight accumulators in registers: about 3x the simple loop
+    if k % 8 == 0:  # eight independent accumulators in registers (docs/decisions.md#step-top-k-kernel)
         for g0 in range(0, k, 8):
             a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(-np.inf)
             for base in range(g0, full, k):
@@ -197,8 +196,8 @@ def _counting_sort(keys, counts, order):  # keys (N,) int64 in [0, len(counts));
 
 def sort_by_key(keys: torch.Tensor, n_keys: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(order, counts): ``keys.sort(stable=True).indices`` and ``torch.bincount(keys, minlength=n_keys)`` for int64
-    keys in [0, n_keys). A counting sort on CPU: the keys are latents, so few distinct values; 1.6 vs 9.5 ms for
-    the demo step's 470,000 choices on 2 cores (tests/transcoder/test_select.py checks it equals torch's)."""
+    keys in [0, n_keys). A counting sort on CPU: the keys are latents, so few distinct values and one linear pass
+    beats a comparison sort (tests/transcoder/test_select.py checks it equals torch's)."""
     if numba is None or keys.device.type != "cpu" or keys.dtype != torch.int64:
         return keys.sort(stable=True).indices, torch.bincount(keys, minlength=n_keys)
     keys = keys.contiguous()
@@ -237,7 +236,7 @@ def topk_indices(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def kth_largest(x: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th largest value of each row of x (..., L)  # (...,). The same whatever the tie-break, so the kernel
-    serves (BatchTopK's batch threshold: 4.0 vs 9.7 ms for torch.topk at the demo's 50 x 32,768 -> 2,048)."""
+    serves. It gives BatchTopK's batch threshold (docs/decisions.md#step-batchtopk-kernels-and-padding-free-sums)."""
     return x.gather(-1, topk_indices(x, k)).amin(dim=-1)
 
 

@@ -13,10 +13,10 @@ Where one member's weights are tiny (``DENSE_MAX_WEIGHTS``: d_dict x width, the 
 kernels and the sort cost more than products over all latents, so there the backward scatters the choices
 into (n_members, rows, d_dict) and multiplies. The value gradients, one dot product dL/dh_i . W_dec[j] per
 choice, follow the same rule: the dense product and a gather, or embedding_bag's own per-sample-weight
-gradient. BatchTopK pads every row to the most any row keeps (about half the slots, 0.5 real at the demo's
-shapes): the padding is left out of the sorted sums, and the main choices' decode and value gradients run on
-the real ones only, one ragged bag per row (``Ragged``). Every path is checked against the dense formulation
-in tests/transcoder/.
+gradient. BatchTopK pads every row to the most any row keeps, so many slots are padding: the padding is left
+out of the sorted sums, and the main choices' decode and value gradients run on the real ones only, one ragged
+bag per row (``Ragged``; docs/decisions.md#step-batchtopk-kernels-and-padding-free-sums). Every path is checked
+against the dense formulation in tests/transcoder/.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 
 DENSE_MAX_WEIGHTS = 1 << 15
 """Backward through products over all latents while one member's d_dict x max(d_in, d_out) is at most this.
-Measured on 2 cores with freed memory kept (``device.keep_freed_memory``), ms per member-step, sparse vs dense:
-the demo's ensemble (256 latents, k 16, 256 -> 512, 100 members, aux-k on) 1.2 vs 1.8; the peers bench's demo
-shapes (256 latents, 256 -> 256) 0.73-0.84 vs 1.0-1.07; 64 latents x 64: 0.15 vs 0.13 (dense wins)."""
+Chosen by weight size rather than latents per choice: once freed memory is kept (``device.keep_freed_memory``)
+the per-latent sums win from the demo's shapes up, and the dense products only at the test shapes
+(docs/decisions.md#step-dense_max_weights)."""
 
 
 class Choices(NamedTuple):
@@ -131,7 +131,8 @@ class _GatherPre(torch.autograd.Function):
             if ctx.needs_input_grad[4] and ch.sink is not None:
                 ch.sink.enc = sums(ch.rows, g_flat, ch.order, xc.reshape(n * b, d_in), ch.offsets)
             elif ctx.needs_input_grad[4]:
-                g_w = per_latent_sum(ch, ch.rows, xc.reshape(n * b, d_in), g_flat.index_select(0, ch.order)).view(n, d_dict, d_in)
+                g_w = per_latent_sum(ch, ch.rows, xc.reshape(n * b, d_in),
+                                     g_flat.index_select(0, ch.order)).view(n, d_dict, d_in)
             if ctx.needs_input_grad[5] or ctx.needs_input_grad[6]:
                 g_b = g.new_zeros(n * d_dict).index_add_(0, ch.flat.reshape(-1), g_flat).view(n, d_dict)
         if ctx.needs_input_grad[6] and ch.sink is not None and ch.sink.enc is not None:

@@ -83,15 +83,15 @@ def _subset_means(t: torch.Tensor, rows: list[torch.Tensor], bootstrap: bool) ->
 
 
 def rows_of(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """t[idx] for row indices idx of any shape  # (*idx.shape, t.shape[1]). index_select: on 2 CPU cores about 5x
-    faster than advanced indexing (a (20, 128) batch of 256-wide rows: 45 vs 250 us)."""
+    """t[idx] for row indices idx of any shape  # (*idx.shape, t.shape[1]). index_select rather than
+    advanced indexing, which is much slower on CPU (docs/decisions.md#step-rows-by-index_select)."""
     return t.index_select(0, idx.reshape(-1)).view(*idx.shape, t.shape[1])
 
 
 def make_optimizer(model: TranscoderEnsemble) -> torch.optim.AdamW:
     """AdamW over all members' stacked parameters (elementwise, so members stay independent)."""
-    # fused: one pass per tensor (same elementwise arithmetic); on 2 CPU cores about 8x faster than the
-    # default, which for 100 members is the difference between Adam costing a tenth or half of a step.
+    # fused: one pass per tensor (same elementwise arithmetic) instead of a pass per elementwise operation, so
+    # with many members the optimizer stays a small part of the step (docs/decisions.md#step-torchs-fused-adamw).
     return torch.optim.AdamW(model.parameters(), lr=model.cfg.lr, weight_decay=model.cfg.weight_decay,
                              fused=True)
 
@@ -139,7 +139,7 @@ def train_ensemble(
     """
     device = torch.device(device)
     if device.type == "cpu":
-        keep_freed_memory()  # a quarter of a large CPU step was page faults (lanic_nb.device.keep_freed_memory)
+        keep_freed_memory()  # else a large CPU step pays page faults on every fresh block (lanic_nb.device)
     X = torch.as_tensor(np.asarray(X, dtype=np.float32)).to(device)
     H = torch.as_tensor(np.asarray(H, dtype=np.float32)).to(device)
     if X.shape[1] != cfg.d_in or H.shape[1] != cfg.d_out or len(X) != len(H):

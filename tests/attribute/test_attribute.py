@@ -8,9 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from attribution_helpers import config_defaults, make_tiny_run, tiny_models, tiny_patterns
-from stage_helpers import notebook_parameters, small_config
+from helpers import (
+    make_tiny_run,
+    tiny_models,
+    tiny_patterns,
+)
 
+from lanic_nb.artifacts import load_split
 from lanic_nb.attribute.core import (
     Attribution,
     attribute,
@@ -20,9 +24,9 @@ from lanic_nb.attribute.core import (
 )
 from lanic_nb.attribute.evidence import evidence_shares
 from lanic_nb.attribute.faithfulness import deletion_test, insertion_curves
-from lanic_nb.attribute.plots import plot_insertion
 from lanic_nb.attribute.shortcut import shortcut_check, stratified_aurocs, top_pattern_hits
-from lanic_nb.attribute.stage import AttributionConfig, load_run, run_attribution
+from lanic_nb.attribute.stage import AttributionConfig, run_attribution
+from lanic_nb.attribute.views import plot_insertion
 from lanic_nb.evaluation import finding_concept, ground_truth_matrix, load_ground_truth, planted_shortcut
 from lanic_nb.io import read_table
 from lanic_nb.manifest import FINDINGS
@@ -32,6 +36,7 @@ from lanic_nb.patterns.units import pattern_activations
 from lanic_nb.phantom.config import FINDING_TO_CONCEPT, PhantomConfig
 from lanic_nb.phantom.generate import make_phantom_dataset
 from lanic_nb.rundir import RunDir, load_metrics
+from lanic_nb.settings import stage_config
 
 METRIC_KEYS = {"n_images", "n_patterns", "identity_max_error", "patterns_for_90", "deletion_k", "deletion_ratio",
                "deletion_ratio_min", "shortcut", "shortcut_share", "shortcut_named", "shortcut_category_correct",
@@ -193,7 +198,8 @@ def test_shortcut_check_on_a_phantom(tmp_path):
 
 def test_shortcut_check_separates_the_detector_from_the_carrier(tmp_path):
     """A marker riding on a finding: pattern 7 detects the marker alone and pushes nothing; pattern 3 fires on
-    the finding and, weaker and noisily, on the marker, and carries the push. The stratified detector is 7, the carrier 3."""
+    the finding and, weaker and noisily, on the marker, and carries the push. The stratified detector is 7, the
+    carrier 3."""
     cfg = PhantomConfig(n_images=80, image_size=32, shortcut_strength=0.7, shortcut_base=0.2)
     ids = make_phantom_dataset(tmp_path, cfg)["image_id"].astype(str).to_numpy()
     truth = ground_truth_matrix(load_ground_truth(tmp_path), ids)
@@ -267,8 +273,7 @@ def test_the_shortcut_is_read_from_the_runs_data(tmp_path):
 # ---------------------------------------------------------------- the stage
 
 
-def test_config_fields_are_the_notebooks_parameters():
-    assert config_defaults(AttributionConfig) == {k: v for k, v in notebook_parameters("06_attribution").items() if k != "run_dir"}
+def test_config_errors_name_the_setting():
     for bad in (dict(mass=0.0), dict(k=0), dict(n_random=0), dict(split="training"), dict(max_images=0),
                 dict(insertion_ks=[]), dict(insertion_ks=[-1, 2]), dict(shortcut_top=0), dict(top_table=0)):
         name = next(iter(bad))
@@ -288,7 +293,7 @@ def test_run_attribution_writes_exact_tables(tiny_run, tmp_path):
     att = RunDir(run_dir).attribution
     assert all((att / name).stat().st_size > 0 for name in ARTIFACTS)
     # The summary's terms add up to the classifier's own logits.
-    run = load_run(run_dir, "test")
+    run = load_split(run_dir, "test")
     with torch.no_grad():
         logits = run.classifier(run.x).double().numpy()  # (n, 5)
     s = read_table(att / "summary.parquet")
@@ -318,7 +323,7 @@ def test_run_attribution_writes_exact_tables(tiny_run, tmp_path):
 @pytest.mark.notebook
 def test_run_attribution_on_the_small_phantom_run(small_run, tmp_path):
     run_dir = shutil.copytree(small_run.until("04"), tmp_path / "run")
-    cfg = small_config(AttributionConfig, "06_attribution")
+    cfg = stage_config("06_attribution", "small")
     res = run_attribution(run_dir, cfg)
     m = load_metrics(run_dir, "06_attribution")
     assert set(m) == METRIC_KEYS and m["identity_max_error"] < 1e-5

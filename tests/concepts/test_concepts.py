@@ -170,7 +170,8 @@ def test_annotation_picks_the_planted_concept():
     sim = concept_similarity(images, concept_emb, template).numpy()
     rng = np.random.default_rng(0)
     # unit u fires on the images of concept u (graded), and weakly at random elsewhere
-    act = np.stack([np.where(labels == u, 1.0 + rng.random(len(labels)), 0.1 * rng.random(len(labels))) for u in range(5)], 1)
+    act = np.stack([np.where(labels == u, 1.0 + rng.random(len(labels)), 0.1 * rng.random(len(labels)))
+                    for u in range(5)], 1)
     ann = annotate_units(act, sim, vocab, AnnotationConfig(min_images=3))
     assert list(ann["concept_1"]) == list(vocab["concept"])
     assert list(ann["category"]) == list(vocab["category"])
@@ -245,7 +246,8 @@ def test_concept_space_extends_the_vocabulary_and_scores_every_image(monkeypatch
 
     encoder = _BagOfWordsEncoder()
     seen = {}
-    monkeypatch.setattr(space_mod, "load_text_encoder", lambda store, name: seen.setdefault("args", (store, name)) and encoder)
+    monkeypatch.setattr(space_mod, "load_text_encoder",
+                        lambda store, name: seen.setdefault("args", (store, name)) and encoder)
     reports = ["Small left pleural effusion. Bullet fragment."] * 3 + ["Bullet fragment. No effusion."] * 2
     manifest = pd.DataFrame({"report": reports + [None]})
     x = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))

@@ -9,9 +9,8 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
-from attribution_helpers import make_tiny_run
+from helpers import make_tiny_run, tiny_vlm
 from PIL import Image
-from vlm_helpers import tiny_vlm
 
 from lanic_nb.explain.annotator import (
     AnnotatorUnavailable,
@@ -27,6 +26,7 @@ from lanic_nb.explain.stage import explain_paths, open_explainer
 from lanic_nb.explain.text import Annotator, PatternEvidence, explain_prediction
 from lanic_nb.io import read_json
 from lanic_nb.run_notebooks import list_notebooks
+from lanic_nb.settings import PARAMS_DIR, stage_config
 
 EVIDENCE = [PatternEvidence(3, 1.25, "pleural", ("blunted costophrenic angle", "meniscus")),
             PatternEvidence(7, -0.5, "device", ("portable marker",))]
@@ -90,8 +90,8 @@ def test_a_missing_model_fails_at_once_offline():
 
 def test_the_explainer_with_an_annotator_and_namer(vlm_folder, tmp_path_factory, tmp_path):
     run = make_tiny_run(tmp_path_factory.mktemp("tiny_annotated"))
-    cfg = ExplainConfig(device="cpu", html=True, allow_patient_data=True, annotator_model=str(vlm_folder),
-                        name_patterns=True, annotator_max_new_tokens=5, n_shown=2)
+    cfg = ExplainConfig(device="cpu", html=True, allow_patient_data=True, name_patterns=True, n_shown=2,
+                        annotator=VLMConfig(model=str(vlm_folder), device="cpu", max_new_tokens=5))
     explainer = open_explainer(run, cfg)
     assert isinstance(explainer.annotator, HFAnnotator) and explainer.namer is not None
     res = explain_paths(explainer, [film(tmp_path / "x.png")], tmp_path / "out")
@@ -103,15 +103,17 @@ def test_the_explainer_with_an_annotator_and_namer(vlm_folder, tmp_path_factory,
     assert all("The multimodal model" in d["explanation"] for d in doc["findings"].values())
     assert any("model_name" in p for d in doc["findings"].values() for p in d["top_patterns"])
     assert "Named by the annotator model" in (tmp_path / "out" / "x.html").read_text()
-    plain = Explainer(explainer.run, dataclasses.replace(cfg, annotator_model="", name_patterns=False))
+    plain = Explainer(explainer.run, dataclasses.replace(cfg, annotator=VLMConfig(), name_patterns=False))
     assert "multimodal" not in plain.explain_file(tmp_path / "x.png").texts[0]
 
 
 def test_the_annotator_is_off_in_every_notebook():
-    assert ExplainConfig().annotator_model == "" and not ExplainConfig().name_patterns
+    assert ExplainConfig().annotator.model == "" and not ExplainConfig().name_patterns
+    for params in PARAMS_DIR.glob("*.yaml"):
+        assert not stage_config("10_explain", params).annotator.model, f"{params.name} turns the annotator on"
     for nb in list_notebooks():
         for cell in nbformat.read(nb, as_version=4).cells:
             if "parameters" in cell.metadata.get("tags", []):
                 ns: dict = {}
                 exec(cell.source, ns)
-                assert not ns.get("annotator_model"), f"{nb.name}: the annotator must be off by default"
+                assert ns["settings"] == {}, f"{nb.name}: the notebook's own settings must be empty by default"

@@ -13,7 +13,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
-from notebook_helpers import count_images, figure_problems
+from helpers import count_images, figure_problems
 
 from lanic_nb.explain.__main__ import main
 from lanic_nb.io import read_json
@@ -70,7 +70,8 @@ def test_cli_reproduces_the_contributions_notebook_06_stored(cli):
     summary = pd.read_parquet(RunDir(cli["run"]).attribution / "summary.parquet")
     for r in summary[summary["image_id"] == cli["image_id"]].itertuples():
         d = doc["findings"][r.finding]
-        assert d["logit"] == pytest.approx(r.logit, abs=1e-6) and d["probability"] == pytest.approx(r.probability, abs=1e-6)
+        assert (d["logit"] == pytest.approx(r.logit, abs=1e-6)
+                and d["probability"] == pytest.approx(r.probability, abs=1e-6))
         assert d["terms"]["error"] == pytest.approx(r.error, abs=1e-6)
         assert d["terms"]["unassigned_latents"] == pytest.approx(r.other, abs=1e-6)
 
@@ -117,7 +118,7 @@ def test_a_corrupt_file_gets_its_reason_and_the_rest_still_run(cli):
 
 def test_notebook_10_explain_runs_headless_with_an_upload(small_run, tmp_path):
     run = small_run.until("06")
-    executed = run_notebook(NOTEBOOK_DIR / "10_explain.ipynb", run, size="small")
+    executed = run_notebook(NOTEBOOK_DIR / "10_explain.ipynb", run, "small")
     assert figure_problems(executed) == [] and count_images(executed) >= 1
     m = load_metrics(run, "10_explain")
     assert (m["n_images"], m["n_ok"]) == (2, 2) and m["max_identity_error"] < 1e-9 and m["annotator"] is None

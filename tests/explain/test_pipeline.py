@@ -14,13 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from attribution_helpers import make_tiny_run
 from conftest import CHROMIUM_FLAGS
-from image_helpers import write_dicom
+from helpers import make_tiny_run, write_dicom
 from PIL import Image
 
+from lanic_nb.artifacts import load_split
 from lanic_nb.attribute.core import attribute
-from lanic_nb.attribute.stage import load_run
 from lanic_nb.explain.__main__ import main
 from lanic_nb.explain.config import ExplainConfig
 from lanic_nb.explain.model import RunMismatch, load_explain_run
@@ -59,7 +58,7 @@ def png(path: Path, seed: int = 0, size=(50, 44)) -> Path:
 
 
 def test_config_validates_its_fields():
-    assert ExplainConfig(images="a.png").images == ["a.png"] and ExplainConfig().annotator_model == ""
+    assert ExplainConfig(images="a.png").images == ["a.png"] and ExplainConfig().annotator.model == ""
     for bad in (dict(modality_check="ignore"), dict(n_top=0), dict(n_neighbors=-1), dict(html="yes"),
                 dict(name_patterns=True), dict(batch_size=0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
@@ -68,7 +67,7 @@ def test_config_validates_its_fields():
 
 def test_the_runs_own_images_reproduce_the_stored_decomposition(tiny_run, explainer):
     """Read, preprocess and embed the files again: the decomposition equals the one on the stored embeddings."""
-    stored = load_run(tiny_run, "test")
+    stored = load_split(tiny_run, "test")
     ps = explainer.run.patterns
     ref = attribute(stored.classifier, stored.ensemble, ps.latent_pattern, ps.n_patterns, stored.x)
     files = run_images(tiny_run, "test")

@@ -12,22 +12,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from attribution_helpers import config_defaults, make_tiny_run
 from conftest import CHROMIUM_FLAGS
+from helpers import make_tiny_run
 from PIL import Image
-from stage_helpers import notebook_parameters, small_config
 
+from lanic_nb.artifacts import load_split
 from lanic_nb.attribute.core import attribute, patterns_for_mass
 from lanic_nb.attribute.faithfulness import deletion_test, insertion_curves
-from lanic_nb.attribute.stage import load_run
-from lanic_nb.classify import ClassifierConfig, DiagnosticClassifier
+from lanic_nb.classify.model import ClassifierConfig, DiagnosticClassifier
 from lanic_nb.explain.text import Annotator, PatternEvidence, explain_prediction, top_evidence
-from lanic_nb.gallery.data import GalleryData, label_text, ranked_patterns, top_sentences, waterfall_terms
+from lanic_nb.gallery.data import GalleryData, ranked_patterns, top_sentences, waterfall_terms
 from lanic_nb.gallery.html import export_html
 from lanic_nb.gallery.stage import GalleryConfig, run_gallery
 from lanic_nb.gallery.widgets import ImageView, PatternGallery, gallery_app
-from lanic_nb.manifest import FINDINGS
+from lanic_nb.manifest import FINDINGS, label_text
 from lanic_nb.rundir import RunDir, load_metrics
+from lanic_nb.settings import stage_config
 from lanic_nb.transcoder.config import TranscoderConfig
 from lanic_nb.transcoder.model import TranscoderEnsemble
 
@@ -194,7 +194,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 def test_gallery_from_a_run_directory(tiny_run):
     data = GalleryData.from_run(tiny_run, split="test")
-    run = load_run(tiny_run, split="test")
+    run = load_split(tiny_run, split="test")
     assert data.n_images == len(run.rows) == 4 and data.attribution.identity_error() < 1e-5
     with torch.no_grad():
         assert np.allclose(data.probabilities, torch.sigmoid(run.classifier(run.x)).numpy(), atol=1e-5)
@@ -247,8 +247,7 @@ def test_one_html_escaper_everywhere(tmp_path):
 METRIC_KEYS = {"n_images", "n_pattern_cards", "n_image_cards", "html_kb"}
 
 
-def test_gallery_config_fields_are_the_notebooks_parameters():
-    assert config_defaults(GalleryConfig) == {k: v for k, v in notebook_parameters("07_gallery").items() if k != "run_dir"}
+def test_gallery_config_errors_name_the_setting():
     for bad in (dict(split="all"), dict(max_images=0), dict(html_images=0), dict(html_patterns=-1),
                 dict(allow_patient_data="yes")):
         with pytest.raises(ValueError, match=next(iter(bad))):
@@ -275,12 +274,12 @@ def test_run_gallery_guards_patient_data_and_records_metrics(tiny_run, tmp_path)
 @pytest.mark.notebook
 def test_run_gallery_on_the_small_phantom_run(small_run, tmp_path):
     run_dir = shutil.copytree(small_run.until("04"), tmp_path / "run")
-    cfg = small_config(GalleryConfig, "07_gallery")
+    cfg = stage_config("07_gallery", "small")
     res = run_gallery(run_dir, cfg)
     page = res.html_path.read_text()
     m = load_metrics(run_dir, "07_gallery")
     assert res.data.is_phantom and "class='note'" not in page  # no patient-data warning on the phantom
-    assert m["n_images"] == len(load_run(run_dir, "test").rows) and m["n_image_cards"] == cfg.html_images
+    assert m["n_images"] == len(load_split(run_dir, "test").rows) and m["n_image_cards"] == cfg.html_images
     assert m["n_pattern_cards"] == len(set(re.findall(r"id='pattern-(\d+)'", page))) >= cfg.html_patterns
     assert set(re.findall(r"href='#pattern-(\d+)'", page)) <= set(re.findall(r"id='pattern-(\d+)'", page))
     app = gallery_app(res.data)

@@ -116,4 +116,5 @@ def test_flat_metrics_suffix_every_figure_with_its_unit_set():
     summary = pd.DataFrame({"unit_set": ["cnn last conv", "transcoder patterns"], "n_units": [8, 3],
                             "mammi_assigned_auroc": [0.6, 0.9]})
     assert flat_metrics(summary) == {"n_units_cnn_last_conv": 8.0, "mammi_assigned_auroc_cnn_last_conv": 0.6,
-                                     "n_units_transcoder_patterns": 3.0, "mammi_assigned_auroc_transcoder_patterns": 0.9}
+                                     "n_units_transcoder_patterns": 3.0,
+                                     "mammi_assigned_auroc_transcoder_patterns": 0.9}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -10,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from stage_helpers import notebook_parameters, small_config
 
+from lanic_nb.artifacts import load_stage_inputs
 from lanic_nb.concepts.vocabulary import match_concept
 from lanic_nb.evaluation import ground_truth_matrix, load_ground_truth
 from lanic_nb.io import read_table
@@ -21,24 +20,20 @@ from lanic_nb.mammi.stage import UNIT_SETS, MammiConfig, run_mammi
 from lanic_nb.mammi.views import ceiling_table, plot_methods
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.metrics import auroc, auroc_matrix
-from lanic_nb.patterns.stage import load_stage_inputs
 from lanic_nb.rundir import RunDir, load_metrics
+from lanic_nb.settings import nest, stage_config
 
 
-def test_config_fields_are_the_notebook_parameters_with_its_defaults():
-    params = notebook_parameters("08_mammi")
-    params.pop("run_dir")
-    cfg = MammiConfig(cnn_channels=params["cnn_channels"])  # the notebook writes a list, the config keeps a tuple
-    assert {f.name for f in dataclasses.fields(MammiConfig)} == set(params)
-    assert {k: getattr(cfg, k) for k in params} == params | {"cnn_channels": tuple(params["cnn_channels"])}
-    assert MammiConfig().cnn_channels == cfg.cnn_channels
+def test_config_takes_a_yaml_list_for_the_cnn_channels_and_keeps_a_tuple():
+    cfg = stage_config("08_mammi", None, {"cnn": {"channels": [4, 8]}})
+    assert cfg.cnn.channels == (4, 8) and MammiConfig().cnn.channels == (16, 32, 64, 64, 64)
 
 
-def test_config_errors_name_the_parameter():
-    for name, bad in (("cnn_size", 0), ("cnn_channels", []), ("cnn_epochs", 0), ("cnn_lr", 0.0), ("k_top", 0),
-                      ("beta", 1.5), ("max_mined", -1), ("monosemantic_at", 0.2)):
-        with pytest.raises(ValueError, match=name):
-            MammiConfig(**{name: bad})
+def test_config_errors_name_the_setting():
+    for path, bad in (("cnn.image_size", 0), ("cnn.channels", []), ("cnn.epochs", 0), ("cnn.lr", 0.0), ("k_top", 0),
+                      ("annotation.beta", 1.5), ("concepts.max_mined", -1), ("evaluation.monosemantic_at", 0.2)):
+        with pytest.raises(ValueError, match=path.split(".")[-1]):
+            stage_config("08_mammi", None, nest(path, bad))
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +45,7 @@ def mammi_run(small_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def mammi_result(mammi_run):
-    return run_mammi(mammi_run, small_config(MammiConfig, "08_mammi"))
+    return run_mammi(mammi_run, stage_config("08_mammi", "small"))
 
 
 @pytest.mark.notebook
@@ -82,7 +77,8 @@ def test_run_mammi_writes_the_neuron_table_and_metrics(mammi_run, mammi_result):
     assert per_finding and m["cnn_auroc"] == pytest.approx(float(np.mean(per_finding)))
 
     # The patterns' monosemanticity is the same figure stage 04 measured (same units, images and truth).
-    assert m["mean_best_auroc_transcoder_patterns"] == pytest.approx(load_metrics(mammi_run, "04_patterns")["mean_best_auroc"])
+    assert m["mean_best_auroc_transcoder_patterns"] == pytest.approx(
+        load_metrics(mammi_run, "04_patterns")["mean_best_auroc"])
     presence = ground_truth_matrix(load_ground_truth(mammi_run), inp.image_ids)
     planted_names = {match_concept(c, r.concepts.vocab) for c in presence.columns}
     for unit_set in UNIT_SETS:
@@ -104,7 +100,8 @@ def test_run_mammi_writes_the_neuron_table_and_metrics(mammi_run, mammi_result):
     # The ceiling is the similarity's AUROC for each planted concept's own vocabulary column.
     row = ceiling.set_index("planted").loc["collimation"]
     col = int(np.flatnonzero(r.concepts.vocab["concept"] == row["concept"])[0])
-    assert row["zero_shot_auroc"] == pytest.approx(auroc(presence["collimation"].to_numpy(), r.concepts.similarity[:, col]))
+    assert row["zero_shot_auroc"] == pytest.approx(auroc(presence["collimation"].to_numpy(),
+                                                         r.concepts.similarity[:, col]))
     assert ceiling_table(r.ceiling)["zero_shot_auroc"].is_monotonic_decreasing
     assert len(plot_methods(r.summary).axes) == 2
 
@@ -119,4 +116,5 @@ def test_notebook_writes_the_neuron_table(small_run):
     assert m["n_units"]["cnn last conv"] == 8  # small mode: cnn_channels [4, 8]
     summary = pd.read_csv(RunDir(run).stage("mammi") / "summary.csv").set_index("unit_set")
     for unit_set in UNIT_SETS:
-        assert m[f"mean_best_auroc_{unit_set.replace(' ', '_')}"] == pytest.approx(summary.loc[unit_set, "mean_best_auroc"])
+        assert m[f"mean_best_auroc_{unit_set.replace(' ', '_')}"] == pytest.approx(
+            summary.loc[unit_set, "mean_best_auroc"])

@@ -21,10 +21,13 @@ from matplotlib import colormaps
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
-from lanic_nb import layout, maps
+from lanic_nb import layout
 from lanic_nb.embed.store import load_embedded
 from lanic_nb.io import read_table, write_table
 from lanic_nb.manifest import FINDINGS
+from lanic_nb.maps import pages
+from lanic_nb.maps import stage as maps_stage
+from lanic_nb.maps import views as maps_views
 from lanic_nb.patterns.merge import PatternSet
 from lanic_nb.rundir import RunDir, load_metrics
 
@@ -65,14 +68,15 @@ def parse_points(path: Path) -> pd.DataFrame:
 
 def assert_positions_are(points: pd.DataFrame, coords: pd.DataFrame, id_column: str) -> None:
     """The SVG positions are one affine map (x right, y up) of the table's x, y, matched by id."""
-    m = points.reset_index(drop=True).merge(coords.astype({id_column: str}), left_on="id", right_on=id_column, validate="one_to_one")
+    m = points.reset_index(drop=True).merge(coords.astype({id_column: str}), left_on="id", right_on=id_column,
+                                            validate="one_to_one")
     assert len(m) == len(points)
     for page, table, sign in (("cx", "x", 1), ("cy", "y", -1)):
         a = np.stack([m[table].to_numpy(float), np.ones(len(m))], axis=1)
         fit, *_ = np.linalg.lstsq(a, m[page].to_numpy(float), rcond=None)
         assert np.sign(fit[0]) == sign
         assert np.abs(a @ fit - m[page].to_numpy(float)).max() < 0.1  # positions are rounded to 0.1 units
-    inner = (maps.MAP_PAD - 0.05, maps.MAP_SIZE - maps.MAP_PAD + 0.05)
+    inner = (pages.MAP_PAD - 0.05, pages.MAP_SIZE - pages.MAP_PAD + 0.05)
     assert points[["cx", "cy"]].min().min() >= inner[0] and points[["cx", "cy"]].max().max() <= inner[1]
 
 
@@ -92,16 +96,17 @@ def tiny_patterns(n: int = 7) -> tuple[np.ndarray, pd.DataFrame]:
 
 def test_pattern_map_has_one_point_per_pattern_with_its_tooltip_at_its_coordinates(tmp_path):
     xy, table = tiny_patterns()
-    write_table(tmp_path / "pattern_coords.parquet", maps.coords_table(table["pattern_id"], xy, "pattern_id"))
-    page = maps.pattern_map_html(xy, table, tmp_path / "patterns.html")
+    write_table(tmp_path / "pattern_coords.parquet", pages.coords_table(table["pattern_id"], xy, "pattern_id"))
+    page = pages.pattern_map_html(xy, table, tmp_path / "patterns.html")
     pts = parse_points(page).set_index("id", drop=False)
     assert list(pts["id"]) == [str(i) for i in range(7)]
     assert pts.loc["1", "title"] == ("pattern 1: enlarged heart\ncategory: cardiac (confidence 0.57)\n"
-                                     "also: cardiomegaly\nconsistency: 0.33 of members\nfiring frequency: 2.0% of images")
+                                     "also: cardiomegaly\nconsistency: 0.33 of members\n"
+                                     "firing frequency: 2.0% of images")
     assert pts.loc["2", "title"].startswith("pattern 2: no concept\ncategory: uncategorized")
     # Colour views: category (view 0) and consistency on viridis (view 1), per point.
-    assert pts.loc["1", "style"]["--c0"] == maps.CATEGORY_COLORS["cardiac"]
-    assert pts.loc["5", "style"]["--c0"] == maps.CATEGORY_COLORS[""]
+    assert pts.loc["1", "style"]["--c0"] == maps_views.CATEGORY_COLORS["cardiac"]
+    assert pts.loc["5", "style"]["--c0"] == maps_views.CATEGORY_COLORS[""]
     assert pts.loc["6", "style"]["--c1"] == to_hex(colormaps["viridis"](1.0))
     assert_positions_are(pts, read_table(tmp_path / "pattern_coords.parquet"), "pattern_id")
     text = page.read_text()
@@ -116,24 +121,25 @@ def test_image_map_caps_points_and_keeps_each_tooltip_and_position_with_its_imag
     ids = np.array([f"im{i}" for i in range(n)])
     labels = pd.DataFrame({"Edema": [1, 0, np.nan, -1, 1, 0, 0, 1, np.nan],
                            "Cardiomegaly": [0, 0, 1, 1, 0, 1, np.nan, 0, 0]})
-    write_table(tmp_path / "image_coords.parquet", maps.coords_table(ids, xy, "image_id"))
-    page = maps.image_map_html(xy, ids, labels, tmp_path / "images.html", max_points=5, seed=3)
+    write_table(tmp_path / "image_coords.parquet", pages.coords_table(ids, xy, "image_id"))
+    page = pages.image_map_html(xy, ids, labels, tmp_path / "images.html", max_points=5, seed=3)
     pts = parse_points(page).set_index("id", drop=False)
-    kept = maps.subsample(n, 5, seed=3)
+    kept = pages.subsample(n, 5, seed=3)
     assert list(pts["id"]) == list(ids[kept]) and "5 of 9 points shown" in page.read_text()
     for i in kept:
         want = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
         lines = [f"image im{i}"] + [f"{f}: {want.get(labels.loc[i, f], 'not mentioned')}" for f in labels.columns]
         assert pts.loc[f"im{i}", "title"] == "\n".join(lines)
         for v, f in enumerate(labels.columns):
-            color = {1.0: maps.LABEL_COLORS[1.0], 0.0: maps.LABEL_COLORS[0.0]}.get(labels.loc[i, f], maps.OTHER_COLOR)
+            color = {1.0: pages.LABEL_COLORS[1.0], 0.0: pages.LABEL_COLORS[0.0]}.get(labels.loc[i, f],
+                                                                                       pages.OTHER_COLOR)
             assert pts.loc[f"im{i}", "style"][f"--c{v}"] == color
     assert_positions_are(pts, read_table(tmp_path / "image_coords.parquet"), "image_id")
 
 
 def test_map_page_renders_in_headless_chromium_without_console_errors(tmp_path, chromium):  # noqa: F811
     xy, table = tiny_patterns()
-    page = maps.pattern_map_html(xy, table, tmp_path / "patterns.html")
+    page = pages.pattern_map_html(xy, table, tmp_path / "patterns.html")
     r = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
                         "--v=0", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
                        capture_output=True, text=True, timeout=120)
@@ -144,7 +150,7 @@ def test_map_page_renders_in_headless_chromium_without_console_errors(tmp_path, 
     attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', check.group(1)))
     assert attrs["points"] == "7" and attrs["titles"] == "7"
     # The first point (a device pattern) takes its colour from the checked view through its CSS variable.
-    assert attrs["first-fill"] == "rgb({}, {}, {})".format(*(int(maps.CATEGORY_COLORS["device"][k:k + 2], 16)
+    assert attrs["first-fill"] == "rgb({}, {}, {})".format(*(int(maps_views.CATEGORY_COLORS["device"][k:k + 2], 16)
                                                               for k in (1, 3, 5)))
 
 
@@ -186,27 +192,28 @@ def test_maps_plots_without_umap(tmp_path):
     assert xy.shape == (5, 2) and np.isfinite(xy).all()
     centered = dirs - dirs.mean(0)
     assert np.allclose(np.abs(xy[:, 0]), np.abs(centered @ np.linalg.svd(centered)[2][0]), atol=1e-5)
-    fig = maps.plot_pattern_map(xy, ["cardiac", "device", "", "pleural", "unknown"], np.linspace(0, 1, 5))
+    fig = maps_views.plot_pattern_map(xy, ["cardiac", "device", "", "pleural", "unknown"], np.linspace(0, 1, 5))
     assert isinstance(fig, Figure) and [ax.get_title() for ax in fig.axes[:2]] == ["patterns by category",
                                                                                    "patterns by consistency"]
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend == ["cardiac", "pleural", "device", "(none)"]  # "unknown" is not a category: drawn as none
     labels = pd.DataFrame({"Edema": [1, 0, np.nan, -1, 1], "Cardiomegaly": [0, 0, 1, 1, 0]})
-    fig2 = maps.plot_image_map(xy, labels)
+    fig2 = maps_views.plot_image_map(xy, labels)
     assert [ax.get_title() for ax in fig2.axes] == ["Edema", "Cardiomegaly"]
     # Edema panel: grey (nan, -1), blue (0), red (1, 1) scatter layers, in that order.
     assert [len(c.get_offsets()) for c in fig2.axes[0].collections] == [2, 1, 2]
     for f, name in ((fig, "p.png"), (fig2, "i.png")):
-        path = maps.save_figure(f, tmp_path / name)
+        path = maps_stage.save_figure(f, tmp_path / name)
         assert path.read_bytes()[:8] == PNG_MAGIC and not plt.fignum_exists(f.number)
-    assert list(maps.subsample(10, 4, seed=0)) == sorted(maps.subsample(10, 4, seed=0)) and len(maps.subsample(10, 4)) == 4
+    assert (list(pages.subsample(10, 4, seed=0)) == sorted(pages.subsample(10, 4, seed=0))
+            and len(pages.subsample(10, 4)) == 4)
 
 
 def test_maps_config_fails_at_once_naming_the_bad_field():
     for bad, name in (({"n_neighbors": 1}, "n_neighbors"), ({"max_images": 0}, "max_images"),
                       ({"min_dist": -0.1}, "min_dist"), ({"max_html_points": 0}, "max_html_points")):
         with pytest.raises(ValueError, match=name):
-            maps.MapsConfig(**bad)
+            maps_stage.MapsConfig(**bad)
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +227,8 @@ def maps_run(small_run, tmp_path_factory) -> Path:
 
 @pytest.mark.notebook
 def test_run_maps_writes_both_maps_aligned_with_their_inputs(maps_run):
-    cfg = maps.MapsConfig(device="cpu", n_neighbors=10, max_images=50, max_html_points=12, seed=0)
-    result = maps.run_maps(maps_run, cfg)
+    cfg = maps_stage.MapsConfig(n_neighbors=10, max_images=50, max_html_points=12, seed=0)
+    result = maps_stage.run_maps(maps_run, cfg)
     rd = RunDir(maps_run)
     out = rd.patterns / "maps"
     m = load_metrics(maps_run, "05_maps")
@@ -239,18 +246,18 @@ def test_run_maps_writes_both_maps_aligned_with_their_inputs(maps_run):
     pd.testing.assert_frame_equal(pat, result.pattern_coords)
     assert list(pat.pattern_id) == list(table.pattern_id)
     np.testing.assert_allclose(result.consistency, ps.consistency.numpy())
-    tw = maps.trustworthiness(ps.directions.numpy(), pat[["x", "y"]].to_numpy())
+    tw = maps_stage.trustworthiness(ps.directions.numpy(), pat[["x", "y"]].to_numpy())
     assert tw == pytest.approx(m["pattern_map_trustworthiness"]) and tw > 0.7  # random positions give ~0.5
 
     # Images: the seeded 50-image subset; each id's coordinates belong to its own embedding.
     emb = load_embedded(maps_run)
     img = read_table(out / "image_coords.parquet")
-    rows = maps.subsample(len(emb.x), 50, seed=0)
+    rows = pages.subsample(len(emb.x), 50, seed=0)
     assert m["n_images_mapped"] == len(img) == 50 < len(emb.x)
     assert list(img.image_id) == list(emb.image_ids[rows])
-    tw = maps.trustworthiness(emb.x[rows], img[["x", "y"]].to_numpy())
+    tw = maps_stage.trustworthiness(emb.x[rows], img[["x", "y"]].to_numpy())
     assert tw == pytest.approx(m["image_map_trustworthiness"]) and tw > 0.8
-    shuffled = maps.trustworthiness(emb.x[rows][::-1], img[["x", "y"]].to_numpy())
+    shuffled = maps_stage.trustworthiness(emb.x[rows][::-1], img[["x", "y"]].to_numpy())
     assert shuffled < tw - 0.1  # the check above would catch coordinates paired with the wrong images
     want = emb.manifest.loc[rows, list(FINDINGS)].reset_index(drop=True)
     pd.testing.assert_frame_equal(result.image_labels, want)

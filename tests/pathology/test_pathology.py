@@ -31,17 +31,14 @@ from lanic_nb.pathology.phantom import (
     make_tile_dataset,
     save_tile_dataset,
 )
-from lanic_nb.pathology.stage import (
-    REPORTED_GENES,
-    PathologyConfig,
-    plot_morphology_heatmap,
-    plot_tile_grid,
-    plot_tile_map,
-    run_pathology,
-)
+from lanic_nb.pathology.stage import REPORTED_GENES, PathologyConfig, run_pathology
+from lanic_nb.pathology.views import plot_morphology_heatmap, plot_tile_grid, plot_tile_map
 from lanic_nb.pathology.visium import POSITION_COLUMNS, read_visium, spot_tiles, tiles_to_visium, write_visium
+from lanic_nb.patterns.merge import MergeConfig
 from lanic_nb.run_notebooks import NOTEBOOK_DIR, run_notebook
 from lanic_nb.rundir import RunDir, load_metrics
+from lanic_nb.settings import nest, stage_config
+from lanic_nb.transcoder.config import TranscoderConfig
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +101,9 @@ def test_a_gene_driven_feature_is_found(tiny):
     enc, log = P.train_tile_encoder(d.tiles, P.TileAEConfig(channels=8, d_embed=16, epochs=6), progress=False)
     assert log.mse.iloc[-1] < log.mse.iloc[0]
     x, _, _ = P.standardize(enc.embed(d.tiles, progress=False))
-    ens, _ = P.train_sae(x, n_members=2, d_dict=32, steps=250, batch_size=64, l1_coeff=1e-2, progress=False)
-    ps, act = P.sae_features(ens, x, sim_threshold=0.7)
+    sae = TranscoderConfig(activation="relu", l1_coeff=1e-2, k=1, n_members=2, d_dict=32, steps=250, batch_size=64)
+    ens, _ = P.train_sae(x, sae, progress=False)
+    ps, act = P.sae_features(ens, x, MergeConfig(sim_threshold=0.7, min_consistency=0.5))
     assert ps.n_patterns >= 2 and act.shape == (len(x), ps.n_patterns)
     table = P.feature_gene_table(act, pd.DataFrame(log_normalize(d.counts.to_numpy()), columns=list(GENES)))
     tumour_genes = table[table.gene.isin(["EPCAM", "KRT8", "MKI67"]) & (table.q < 0.01)]
@@ -169,21 +167,17 @@ def test_phantom_slide_as_visium_gives_back_its_tiles(tiny, tmp_path):
 
 
 def test_pathology_config_fails_at_once_naming_the_bad_field():
-    for bad, name in (({"grid": 0}, "grid"), ({"n_members": 0}, "n_members"), ({"q_max": 0}, "q_max"),
-                      ({"sim_threshold": 1.5}, "sim_threshold"), ({"l1_coeff": -1}, "l1_coeff"),
-                      ({"n_neighbors": 1}, "n_neighbors")):
-        with pytest.raises(ValueError, match=name):
-            PathologyConfig(**bad)
-
-
-SMALL = {"device": "cpu", "n_slides": 1, "grid": 12, "ae_epochs": 4, "ae_channels": 8, "d_embed": 16, "n_members": 2,
-         "d_dict": 32, "sae_steps": 200, "n_neighbors": 10}  # notebooks/params/small.yaml
+    for path, bad in (("tiles.grid", 0), ("sae.n_members", 0), ("q_max", 0), ("merge.sim_threshold", 1.5),
+                      ("sae.l1_coeff", -1), ("map_neighbors", 1)):
+        with pytest.raises(ValueError, match=path.rsplit(".", 1)[-1]):
+            stage_config("09_pathology", None, nest(path, bad))
+    assert PathologyConfig().sae == TranscoderConfig()  # the demo's ReLU SAE is notebooks/params/demo.yaml's
 
 
 @pytest.fixture(scope="module")
 def stage_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("pathology_run")
-    return run, run_pathology(run, PathologyConfig(**SMALL))
+    return run, run_pathology(run, stage_config("09_pathology", "small"))
 
 
 def test_run_pathology_writes_its_artifacts_and_metrics(stage_run):
@@ -251,7 +245,8 @@ def test_library_imports_without_the_pathology_extra(tmp_path):
         assert not BLOCKED & set(sys.modules), BLOCKED & set(sys.modules)
         from lanic_nb.pathology.stage import PathologyConfig, run_pathology
         from lanic_nb.pathology.visium import read_visium
-        for call in (lambda: read_visium({str(tmp_path)!r}), lambda: run_pathology({str(tmp_path)!r}, PathologyConfig())):
+        for call in (lambda: read_visium({str(tmp_path)!r}),
+                     lambda: run_pathology({str(tmp_path)!r}, PathologyConfig())):
             try:
                 call()
             except ImportError as e:
@@ -269,10 +264,11 @@ def test_notebook_09_shows_the_stage_it_runs(stage_run, tmp_path):
     """Notebook 09 alone (it reads no earlier stage): its parameters reach run_pathology (the same metrics as
     the direct call with small.yaml's values), it shows its three figures, and it writes nothing else."""
     run = tmp_path / "run"
-    executed = run_notebook(NOTEBOOK_DIR / "09_pathology.ipynb", run, size="small")
+    executed = run_notebook(NOTEBOOK_DIR / "09_pathology.ipynb", run, "small")
     assert load_metrics(run, "09_pathology") == pytest.approx(stage_run[1].metrics, nan_ok=True)
     nb = nbformat.read(executed, as_version=4)
-    pngs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    pngs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if "image/png" in o.get("data", {})]
     assert len(pngs) == 3  # tile grid, morphology heat map, tile map
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors

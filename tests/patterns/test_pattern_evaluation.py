@@ -119,7 +119,8 @@ def test_recovery_by_concept_separates_lost_in_units_from_absent_in_representati
 def test_zero_units_summarize_to_nothing_recovered():
     vocab = load_vocabulary()
     auc = auroc_matrix(np.zeros((10, 0)), np.arange(10)[:, None] < 5)
-    s = summarize_units(auc, ["pacemaker"], {"pacemaker": "device"}, annotate_units(np.zeros((10, 0)), np.zeros((10, 3)), vocab.head(3)), vocab)
+    s = summarize_units(auc, ["pacemaker"], {"pacemaker": "device"},
+                        annotate_units(np.zeros((10, 0)), np.zeros((10, 3)), vocab.head(3)), vocab)
     assert s["n_units"] == 0 and s["recovery"] == 0.0 and s["n_monosemantic"] == 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -11,14 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from stage_helpers import notebook_parameters, small_config
 
+from lanic_nb.artifacts import load_stage_inputs
+from lanic_nb.concepts.annotate import AnnotationConfig
 from lanic_nb.concepts.vocabulary import CATEGORIES
 from lanic_nb.evaluation import ground_truth_matrix, load_ground_truth
 from lanic_nb.io import read_table
 from lanic_nb.metrics import auroc_matrix
-from lanic_nb.patterns.merge import PatternSet
-from lanic_nb.patterns.stage import PatternsConfig, load_stage_inputs, run_patterns
+from lanic_nb.patterns.merge import MergeConfig, PatternSet
+from lanic_nb.patterns.stage import PatternsConfig, run_patterns
 from lanic_nb.patterns.units import pattern_activations
 from lanic_nb.patterns.views import (
     best_detectors,
@@ -28,6 +28,7 @@ from lanic_nb.patterns.views import (
     recovery_table,
 )
 from lanic_nb.rundir import RunDir, load_metrics
+from lanic_nb.settings import nest, stage_config
 
 METRIC_KEYS = {
     "n_patterns", "n_alive_latents", "mean_consistency", "n_concepts", "n_mined", "report_lift",
@@ -41,19 +42,17 @@ TRUTH_KEYS = {
 } | {"probe_ceiling_embedding", "probe_ceiling_hidden", "recovery_of_hidden_ceiling"}
 
 
-def test_config_fields_are_the_notebook_parameters_with_its_defaults():
-    params = notebook_parameters("04_patterns")
-    params.pop("run_dir")
+def test_config_holds_the_library_configs_it_uses():
     cfg = PatternsConfig()
-    assert {f.name for f in dataclasses.fields(PatternsConfig)} == set(params)
-    assert {k: getattr(cfg, k) for k in params} == params
+    assert cfg.merge == MergeConfig() and cfg.annotation == AnnotationConfig()
 
 
-def test_config_errors_name_the_parameter():
-    for name, bad in (("sim_threshold", 1.5), ("min_consistency", -0.1), ("act_threshold", -0.2), ("k_top", 0),
-                      ("act_rows", 0), ("beta", 0.0), ("min_images", 0), ("max_mined", -1), ("recover_at", 1.2)):
-        with pytest.raises(ValueError, match=name):
-            PatternsConfig(**{name: bad})
+def test_config_errors_name_the_setting():
+    for path, bad in (("merge.sim_threshold", 1.5), ("merge.min_consistency", -0.1), ("merge.act_threshold", -0.2),
+                      ("k_top", 0), ("act_rows", 0), ("annotation.beta", 0.0), ("annotation.min_images", 0),
+                      ("concepts.max_mined", -1), ("evaluation.recover_at", 1.2)):
+        with pytest.raises(ValueError, match=path.split(".")[-1]):
+            stage_config("04_patterns", None, nest(path, bad))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +66,7 @@ def pattern_run(small_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def patterns_result(pattern_run):
-    return run_patterns(pattern_run, small_config(PatternsConfig, "04_patterns"))
+    return run_patterns(pattern_run, stage_config("04_patterns", "small"))
 
 
 @pytest.mark.notebook
@@ -75,7 +74,7 @@ def test_run_patterns_writes_the_merge_and_the_pattern_table(pattern_run, patter
     r, rd = patterns_result, RunDir(pattern_run)
     ps = PatternSet.load(rd.patterns)
     assert torch.equal(ps.latent_pattern, r.patterns.latent_pattern) and ps.n_patterns > 0
-    assert ps.config == small_config(PatternsConfig, "04_patterns").merge_config()
+    assert ps.config == stage_config("04_patterns", "small").merge
     # Exactly one latent per member in a pattern, and consistency = members holding it / members.
     for p in range(ps.n_patterns):
         members = [m for m, _ in ps.members_of(p)]
@@ -151,7 +150,7 @@ def test_run_patterns_without_planted_truth_names_patterns_and_writes_no_evaluat
     run = tmp_path / "real"
     shutil.copytree(pattern_run, run, ignore=shutil.ignore_patterns("patterns", "metrics"))
     (RunDir(run).ground_truth).unlink()
-    r = run_patterns(run, small_config(PatternsConfig, "04_patterns"))
+    r = run_patterns(run, stage_config("04_patterns", "small"))
     assert r.evaluation.empty and r.by_concept.empty and r.per_unit == {}
     assert not plot_names(r.per_unit).axes[0].patches  # a note, no bars
     assert not (RunDir(run).patterns / "evaluation.csv").exists()

@@ -7,9 +7,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from planted_helpers import plant_codes, plant_decoders
+from helpers import plant_codes, plant_decoders
 
-from lanic_nb.classify import ClassifierConfig, DiagnosticClassifier
+from lanic_nb.classify.model import ClassifierConfig, DiagnosticClassifier
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.patterns.merge import MergeConfig, PatternSet, merge_latents
 from lanic_nb.patterns.units import (
@@ -177,7 +177,8 @@ def test_pattern_stats_and_logit_effects():
     assert stats.loc[1, "top_images"] == [] and stats.loc[1, "firing_freq"] == 0
     clf = DiagnosticClassifier(ClassifierConfig(d_in=8, hidden=6))
     dirs = F.normalize(torch.randn(2, 6), dim=1)
-    ps = PatternSet(torch.zeros(1, 2, dtype=torch.long), dirs, torch.ones(2), torch.ones(2, dtype=torch.long), MergeConfig())
+    ps = PatternSet(torch.zeros(1, 2, dtype=torch.long), dirs, torch.ones(2), torch.ones(2, dtype=torch.long),
+                    MergeConfig())
     eff = logit_effects(clf, ps, FINDINGS)
     assert list(eff.columns) == [f"effect_{f}" for f in FINDINGS]
     expect = clf.fc2.weight.detach() @ dirs.T  # (5, 2)

@@ -13,13 +13,13 @@ import torch
 from conftest import TRAINING_STAGES, poisoned_ground_truth
 
 import lanic_nb.evaluation as evaluation
+from lanic_nb.artifacts import load_stage_inputs
 from lanic_nb.concepts.annotate import annotate_units
 from lanic_nb.concepts.reports import mention_matrix, report_purity, top_sentences
 from lanic_nb.concepts.space import concept_space
 from lanic_nb.evaluation import load_ground_truth
 from lanic_nb.io import write_table
 from lanic_nb.patterns.merge import MergeConfig, merge_latents
-from lanic_nb.patterns.stage import load_stage_inputs
 from lanic_nb.patterns.units import latent_alive, latent_codes, pattern_activations, pattern_stats
 from lanic_nb.rundir import RunDir
 

@@ -69,7 +69,7 @@ def test_input_weight_gives_directions_h_ignores_latents_of_their_own():
 def test_input_decoder_is_the_rest_of_each_trained_decoder_row(tmp_path):
     """With input_weight the returned transcoder keeps the decoder's input part beside it: [W_dec, input part] is
     the trained (unit-norm) decoder row; the stage writes it for the merge, and removes a stale one without it."""
-    from lanic_nb.transcoder.stage import INPUT_DECODER, merge_features, save_input_decoder
+    from lanic_nb.artifacts import INPUT_DECODER, merge_features, save_input_decoder
 
     X, H, _ = _data(n=400)
     cfg = TranscoderConfig(d_in=16, d_out=12, d_dict=16, k=3, n_members=2, steps=20, batch_size=64, input_weight=1.0)

@@ -1,6 +1,6 @@
 """The sparse TopK step (lanic_nb.transcoder.sparse) against the dense reference: values and every gradient to
-1e-5, on both backward paths (dense products over few latents, per-latent sums over many), with and without aux-k, masked dictionaries
-and inputs that ask for a gradient; and the tied SAE init."""
+1e-5, on both backward paths (dense products over few latents, per-latent sums over many), with and without
+aux-k, masked dictionaries and inputs that ask for a gradient; and the tied SAE init."""
 
 from __future__ import annotations
 

@@ -1,0 +1,113 @@
+"""The pipeline's stages in one table: each stage's notebook, config, stage function, what it reads and writes.
+
+A stage is named after its notebook (``04_patterns``). It reads the outputs of the stages in ``reads`` from the
+run directory and writes its own; ``outputs`` are the files that show it finished (relative to the run
+directory). The settings loader (``lanic_nb.settings``), the artifacts layer (``lanic_nb.artifacts``: what a
+stage whose inputs are missing says) and the notebook runner all read this table, so a new stage is added here
+once. Classes and functions are named by import path, so reading the table imports no stage.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline."""
+
+    name: str
+    """The notebook's name without ``.ipynb``, e.g. "04_patterns"."""
+    config: str
+    """Import path of its config dataclass, "module:Class"."""
+    run: str
+    """Import path of its stage function ``run_<stage>(run_dir, config=None)``, "module:function"."""
+    reads: tuple[str, ...]
+    """Stages whose outputs it reads."""
+    outputs: tuple[str, ...]
+    """Files (relative to the run directory) that exist once it has finished."""
+    what: str
+    """One line: what it does."""
+
+    @property
+    def prefix(self) -> str:
+        """The notebook's number, e.g. "04" (what ``run_notebooks --only`` takes)."""
+        return self.name[:2]
+
+    def config_class(self) -> type:
+        return _resolve(self.config)
+
+    def run_function(self):
+        return _resolve(self.run)
+
+
+def _resolve(path: str):
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("00_data", "lanic_nb.data.stage:DataConfig", "lanic_nb.data.stage:run_data", (),
+          ("data/manifest.parquet",), "the phantom (or a real release) as a manifest of images, labels, reports"),
+    Stage("01_embed", "lanic_nb.embed.stage:EmbedConfig", "lanic_nb.embed.stage:run_embed", ("00_data",),
+          ("embed/header.json", "embed/status.parquet"), "image, report and sentence embeddings"),
+    Stage("02_classifier", "lanic_nb.classify.stage:ClassifyConfig", "lanic_nb.classify.stage:run_classify",
+          ("00_data", "01_embed"), ("classifier/model.safetensors", "classifier/config.json"),
+          "the diagnostic MLP head on the embeddings, with baselines"),
+    Stage("03_transcoders", "lanic_nb.transcoder.stage:TranscodersConfig",
+          "lanic_nb.transcoder.stage:run_transcoders", ("00_data", "01_embed", "02_classifier"),
+          ("transcoders/ensemble.safetensors", "transcoders/config.json"),
+          "the ensemble of sparse transcoders trained on the classifier"),
+    Stage("04_patterns", "lanic_nb.patterns.stage:PatternsConfig", "lanic_nb.patterns.stage:run_patterns",
+          ("00_data", "01_embed", "02_classifier", "03_transcoders"),
+          ("patterns/directions.safetensors", "patterns/patterns.json"),
+          "the members' latents merged into patterns, named and categorized"),
+    Stage("05_maps", "lanic_nb.maps.stage:MapsConfig", "lanic_nb.maps.stage:run_maps",
+          ("00_data", "01_embed", "04_patterns"),
+          ("patterns/maps/pattern_coords.parquet", "patterns/maps/image_coords.parquet"),
+          "UMAP maps of the patterns and the images"),
+    Stage("06_attribution", "lanic_nb.attribute.stage:AttributionConfig",
+          "lanic_nb.attribute.stage:run_attribution",
+          ("00_data", "01_embed", "02_classifier", "03_transcoders", "04_patterns"),
+          ("attribution/summary.parquet", "attribution/contributions.parquet"),
+          "every logit decomposed exactly into pattern contributions, and tested"),
+    Stage("07_gallery", "lanic_nb.gallery.stage:GalleryConfig", "lanic_nb.gallery.stage:run_gallery",
+          ("00_data", "01_embed", "02_classifier", "03_transcoders", "04_patterns"), ("gallery.html",),
+          "pattern galleries and per-image explanations, and the static HTML page"),
+    Stage("08_mammi", "lanic_nb.mammi.stage:MammiConfig", "lanic_nb.mammi.stage:run_mammi",
+          ("00_data", "01_embed", "02_classifier", "03_transcoders", "04_patterns"), ("mammi/neurons.parquet",),
+          "MAMMI neuron naming of a CNN, the hidden units and the patterns, with baselines"),
+    Stage("09_pathology", "lanic_nb.pathology.stage:PathologyConfig", "lanic_nb.pathology.stage:run_pathology",
+          (), ("pathology/feature_gene.parquet",), "SAE features of pathology tiles against genes and morphology"),
+    Stage("10_explain", "lanic_nb.explain.config:ExplainConfig", "lanic_nb.explain.stage:run_explain",
+          ("00_data", "01_embed", "02_classifier", "03_transcoders", "04_patterns"), ("metrics/10_explain.json",),
+          "new images explained with the finished run"),
+)}
+
+
+def stage(name: str) -> Stage:
+    """The stage called ``name`` (its notebook's name, or just its number: "04"); KeyError names the known ones."""
+    if name in STAGES:
+        return STAGES[name]
+    found = [s for s in STAGES.values() if s.prefix == str(name)[:2] and str(name).isdigit()]
+    if len(found) == 1:
+        return found[0]
+    raise KeyError(f"unknown stage {name!r}; the stages are {', '.join(STAGES)}")
+
+
+def upstream(name: str) -> list[str]:
+    """Every stage ``name`` depends on, directly or through others, in pipeline order."""
+    seen: set[str] = set()
+    todo = list(stage(name).reads)
+    while todo:
+        s = todo.pop()
+        if s not in seen:
+            seen.add(s)
+            todo.extend(STAGES[s].reads)
+    return [s for s in STAGES if s in seen]
+
+
+def downstream(name: str) -> list[str]:
+    """Every stage that reads ``name``'s outputs, directly or through others, in pipeline order."""
+    return [s for s in STAGES if name in upstream(s)]
