@@ -11,7 +11,13 @@ command that runs them, instead of a traceback about a missing file.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import functools
 import logging
+import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,10 +29,10 @@ from torch import nn
 
 from lanic_nb.classify.model import DiagnosticClassifier, load_classifier
 from lanic_nb.embed.store import EmbeddedRows, EmbeddingStore, load_embedded
-from lanic_nb.io import read_table, read_tensors, write_tensors
+from lanic_nb.io import read_json, read_table, read_tensors, stray_temp_files, write_json, write_tensors
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.patterns.merge import PatternSet
-from lanic_nb.rundir import RunDir, load_metrics
+from lanic_nb.rundir import RunDir, load_metrics, run_lock
 from lanic_nb.stages import STAGES, stage, upstream
 from lanic_nb.transcoder.model import TranscoderEnsemble
 
@@ -39,17 +45,35 @@ INPUT_DECODER = "input_decoder.safetensors"
 beside the saved x -> h transcoder under ``transcoders/``, read by the pattern merge."""
 
 
-# ------------------------------------------------------------------------------------------ missing inputs
+# ------------------------------------------------------------------------------------------ stages' state
+
+STAGE_STATE = "stages"
+"""Folder of the run holding ``<stage>.running`` while a stage writes and ``<stage>.json`` once it finished."""
 
 
 class MissingInputs(FileNotFoundError):
     """A stage ran before the stages whose outputs it reads; the message names them and the command to run."""
 
 
+def running_marker(run_dir: str | Path, name: str) -> Path:
+    """Present while stage ``name`` writes (and after it was killed): its files may be half-written."""
+    return Path(run_dir) / STAGE_STATE / f"{name}.running"
+
+
+def stage_record(run_dir: str | Path, name: str) -> Path:
+    """Written when stage ``name`` finished: when, in how long, with which settings."""
+    return Path(run_dir) / STAGE_STATE / f"{name}.json"
+
+
+def interrupted(run_dir: str | Path, name: str) -> bool:
+    """Whether stage ``name`` started writing and did not finish (killed, or stopped by an error)."""
+    return running_marker(run_dir, name).exists()
+
+
 def missing_stages(run_dir: str | Path, names: list[str]) -> list[str]:
-    """The stages among ``names`` whose outputs are not (all) in the run directory."""
+    """The stages among ``names`` whose outputs are not (all) in the run directory, or that were interrupted."""
     root = Path(run_dir)
-    return [n for n in names if not all((root / f).exists() for f in STAGES[n].outputs)]
+    return [n for n in names if interrupted(root, n) or not all((root / f).exists() for f in STAGES[n].outputs)]
 
 
 def require_inputs(run_dir: str | Path, name: str) -> None:
@@ -58,15 +82,77 @@ def require_inputs(run_dir: str | Path, name: str) -> None:
     if not needed:
         return
     root = Path(run_dir)
-    first = STAGES[needed[0]]
-    absent = [f for f in first.outputs if not (root / f).exists()]
+    first = needed[0]
+    if interrupted(root, first):
+        since = read_json(running_marker(root, first)).get("since", "?")
+        why = f"{first} was interrupted (it started at {since} and did not finish: its files may be half-written)"
+    else:
+        absent = [f for f in STAGES[first].outputs if not (root / f).exists()]
+        why = f"{first}: {', '.join(absent)} missing"
     prefixes = " ".join(STAGES[n].prefix for n in needed)
     raise MissingInputs(
-        f"{name} reads what {', '.join(needed)} write, and {root} does not hold it yet "
-        f"({needed[0]}: {', '.join(absent)} missing). Run those stages first, e.g.\n"
-        f"    python -m lanic_nb.run_notebooks --run-dir {root} --only {prefixes}\n"
+        f"{name} reads what {', '.join(needed)} write, and {root} does not hold it yet ({why}). Run those stages "
+        f"first, e.g.\n    python -m lanic_nb.run_notebooks --run-dir {root} --only {prefixes}\n"
         f"or open their notebooks ({', '.join(n + '.ipynb' for n in needed)}) with this run_dir, in order."
     )
+
+
+@contextlib.contextmanager
+def writing_stage(run_dir: str | Path, name: str, config=None) -> Iterator[None]:
+    """Hold the run's lock while stage ``name`` writes, marked unfinished until it returns.
+
+    Later stages (``require_inputs``) and ``Run`` treat a stage whose ``.running`` marker remains (a killed or
+    failed run) as not finished, so nothing reads its half-written files; rerunning the stage finishes it.
+    """
+    from lanic_nb.settings import to_dict  # settings read the stage table, which names this module's users
+
+    root = Path(run_dir)
+    with run_lock(root, name):
+        marker, record = running_marker(root, name), stage_record(root, name)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        record.unlink(missing_ok=True)
+        for top in [root / w for w in STAGES[name].writes if w and (root / w).is_dir()]:
+            for stray in stray_temp_files(top):  # half-written files of a killed run of this stage
+                stray.unlink(missing_ok=True)
+        write_json(marker, {"since": datetime.datetime.now().isoformat(timespec="seconds"), "pid": os.getpid()})
+        t0 = time.perf_counter()
+        yield
+        write_json(record, {"stage": name, "seconds": round(time.perf_counter() - t0, 1),
+                            "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+                            "config": to_dict(config) if config is not None else None})
+        marker.unlink()
+
+
+def stage_function(name: str, reads_run=None):
+    """Decorate ``run_<stage>(run_dir, config=None, ...)``: fill in the default config, check the stage's inputs,
+    then run it under ``writing_stage``. ``reads_run(config)``: whether this config reads the earlier stages at all
+    (the embedding stage pointed at another manifest does not)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(run_dir, config=None, *args, **kwargs):
+            config = config if config is not None else STAGES[name].config_class()()
+            if reads_run is None or reads_run(config):
+                require_inputs(run_dir, name)
+            with writing_stage(run_dir, name, config):
+                return fn(run_dir, config, *args, **kwargs)
+        return run
+    return wrap
+
+
+def owned_files(run_dir: str | Path, name: str) -> list[Path]:
+    """Every file stage ``name`` wrote in ``run_dir`` (its ``writes`` and metrics), sorted; files under another
+    stage's nested folder (05's ``patterns/maps`` inside 04's ``patterns``) are that stage's."""
+    root = Path(run_dir)
+    others = [root / w for s in STAGES.values() if s.name != name for w in s.writes]
+    mine = [root / w for w in STAGES[name].writes] + [root / "metrics" / f"{name}.json"]
+    files = []
+    for top in mine:
+        if not top.exists():
+            continue
+        for f in [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file()):
+            if not any(o != top and o.is_relative_to(top) and f.is_relative_to(o) for o in others):
+                files.append(f)
+    return sorted(files)
 
 
 # ------------------------------------------------------------------------------------------ rows and models

@@ -70,6 +70,94 @@ def load_image(path: str | Path) -> np.ndarray:
     return np.clip(img, 0.0, 1.0).astype(np.float32, copy=False)
 
 
+_MODE_BITS = {"1": 1, "L": 8, "P": 8, "LA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8, "I;16": 16, "I;16B": 16,
+              "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
+
+
+def image_properties(path: str | Path, gray: np.ndarray | None = None) -> dict:
+    """What a file is, for the sanity checks of an explained image: width, height, channels, bits per sample,
+    colourfulness (mean difference between colour channels, 0 for grey) and, from the grey array as
+    ``load_image`` reads it (read here unless given), its standard deviation, contrast (1st to 99th percentile)
+    and number of distinct grey levels (on a sample of pixels)."""
+    p = Path(path)
+    if is_dicom(p):
+        import pydicom
+
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        colour = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper().startswith(("RGB", "YBR"))
+        props = {"width": int(ds.get("Columns", 0)), "height": int(ds.get("Rows", 0)),
+                 "channels": int(ds.get("SamplesPerPixel", 1)), "bits": int(ds.get("BitsStored", 16)),
+                 "colour": 1.0 if colour else 0.0}
+    else:
+        from PIL import Image
+
+        with Image.open(p) as im:
+            props = {"width": im.width, "height": im.height, "channels": len(im.getbands()),
+                     "bits": _MODE_BITS.get(im.mode), "colour": 0.0}
+            if len(im.getbands()) >= 3:
+                rgb = np.asarray(im.convert("RGB").reduce(max(1, min(im.size) // 256)), dtype=np.float64) / 255
+                props["colour"] = float(np.mean([np.abs(rgb[..., i] - rgb[..., j]).mean()
+                                                 for i, j in ((0, 1), (1, 2), (0, 2))]))
+    g = load_image(p) if gray is None else gray
+    sample = g.ravel()[:: max(1, g.size // 200_000)]
+    lo, hi = np.percentile(sample, [1, 99])
+    step = max(1, max(g.shape) // 256)  # about 256 px a side, so the figure does not depend on the resolution
+    small = g[::step, ::step]
+    roughness = float(np.abs(np.diff(small, axis=1)).mean() / (small.std() + 1e-6))
+    return {**props, "std": float(sample.std()), "contrast": float(hi - lo),
+            "distinct": int(len(np.unique(np.round(sample * 4095)))), "roughness": roughness}
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels."""
+    p = Path(path)
+    if is_dicom(p):
+        import pydicom
+
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        return int(ds.get("Columns", 0)), int(ds.get("Rows", 0))
+    from PIL import Image
+
+    with Image.open(p) as im:
+        return im.size
+
+
+NOISE_ROUGHNESS = 0.8
+"""Neighbouring pixels differing by this many of the image's standard deviations mark noise: independent pixels
+give about 1.1 (uniform) to 1.13 (Gaussian), radiographs at 256 px a side far less."""
+SHAPE_SLACK = 1.5
+"""A film whose side or aspect ratio lies outside the run's films' range by more than this factor is unlike them
+(a convention: what the encoder sees changes with the scale it resizes from)."""
+
+
+def sanity_problems(props: dict, films: dict | None = None) -> list[str]:
+    """Why an image may not be a radiograph like the run's films (empty: none found). ``films``: the run's own
+    films' ``min_side``, ``max_side`` and ``aspect`` range (from the OOD reference)."""
+    out = []
+    if props.get("bits") is not None and props["bits"] < 8:
+        out.append(f"a {props['bits']}-bit image (radiographs have 8 or more bits per pixel)")
+    if props.get("colour", 0) > 0.03:
+        out.append(f"a colour image (channels differ by {props['colour']:.2f} on average): radiographs are grey")
+    if props["std"] < 0.01 or props["distinct"] <= 2:
+        out.append("a blank or constant image")
+    elif props["contrast"] < 0.05:
+        out.append(f"almost no contrast (1st to 99th percentile span {props['contrast']:.3f} of the range)")
+    if props.get("roughness", 0) > NOISE_ROUGHNESS:
+        out.append(f"noise-like (neighbouring pixels differ by {props['roughness']:.2f} standard deviations; a "
+                   "radiograph's differ far less)")
+    w, h = props["width"], props["height"]
+    aspect = w / h if h else float("inf")
+    lo, hi = (films or {}).get("aspect", (0.8, 1.25))
+    if not lo / SHAPE_SLACK <= aspect <= hi * SHAPE_SLACK:
+        span = f"{lo:.2f}" if round(lo, 2) == round(hi, 2) else f"{lo:.2f}-{hi:.2f}"
+        out.append(f"aspect ratio {aspect:.2f}, unlike the run's films ({span})")
+    small, large = (films or {}).get("min_side"), (films or {}).get("max_side")
+    if small and large and not (small / SHAPE_SLACK <= min(w, h) and max(w, h) <= large * SHAPE_SLACK):
+        span = f"{small}" if small == large else f"{small}-{large}"
+        out.append(f"{w} x {h} px, unlike the run's films ({span} px a side)")
+    return out
+
+
 def _load_pil(p: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 

@@ -47,6 +47,14 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def stray_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Temp files that ``atomic_path`` left behind in ``folder`` (recursively) when its process was killed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob(".*.tmp*") if p.is_file() and ".tmp" in p.name)
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}

@@ -119,6 +119,8 @@ def headline(m: dict[str, dict]) -> dict[str, str]:
         "machine": _get(m, "run.machine", ""),
         "notebooks total (min)": f("run.total_seconds", "{:.1f}") and f"{_get(m, 'run.total_seconds') / 60:.1f}",
         "classifier test AUROC (mean of 5)": f("02_classifier.mlp_auroc_mean", "{:.3f}"),
+        "calibration error (ECE, test, mean of 5): raw -> calibrated":
+            f"{f('02_classifier.ece_before_mean', '{:.3f}')} -> {f('02_classifier.ece_after_mean', '{:.3f}')}",
         "transcoders: FVU of h / spliced AUROC change": f"{f('03_transcoders.fvu_mean', '{:.3f}')} / "
                                                       f"{f('03_transcoders.auroc_delta_mean', '{:+.1e}')}",
         "patterns (mean consistency)": f"{p4.get('n_patterns', '')} ({f('04_patterns.mean_consistency')})",
@@ -135,6 +137,8 @@ def headline(m: dict[str, dict]) -> dict[str, str]:
         "decomposition: max relative error": f("06_attribution.identity_max_error", "{:.1e}"),
         "patterns for 90% of a logit (median)": "" if not p90 else f"{sorted(p90)[len(p90) // 2]:.0f}",
         "deletion: top-5 vs random (worst finding)": f("06_attribution.deletion_ratio_min", "{:.1f}x"),
+        "out-of-distribution false alarms on the test films (alpha)":
+            f"{f('06_attribution.ood.false_alarm_rate', '{:.1%}')} ({f('06_attribution.ood.alpha', '{:g}')})",
     }
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import nbformat
 
 from lanic_nb.io import atomic_path
+from lanic_nb.rundir import RunLocked, run_lock
 from lanic_nb.settings import PARAMS_DIR, SettingError, check_params, params_path  # noqa: F401 (PARAMS_DIR re-exported)
 
 log = logging.getLogger("lanic_nb.run_notebooks")
@@ -191,13 +192,16 @@ def run_all(run_dir: Path, params: str = "demo", only: list[str] | None = None, 
     chosen = chosen_notebooks(only)
     check_params(params, [nb.stem for nb in chosen])  # a misspelled setting fails before the first notebook
     times: dict[str, float] = {}
-    for i, nb in enumerate(chosen, 1):
-        tag = f"[{i}/{len(chosen)} {nb.stem}]"
-        log.info("%s running (params %s) ...", tag, Path(params).name if Path(params).suffix else params)
-        t0 = time.perf_counter()
-        run_notebook(nb, run_dir, params, stream=stream, tag=tag)
-        times[nb.stem] = time.perf_counter() - t0
-        log.info("%s done in %s", tag, _fmt(times[nb.stem]))
+    # One writer at a time: the notebooks' kernels inherit the lock's token and write under it; a second runner
+    # (or a stage started by hand) in this run directory gets RunLocked at once.
+    with run_lock(run_dir, f"run_notebooks ({', '.join(nb.stem for nb in chosen)})"):
+        for i, nb in enumerate(chosen, 1):
+            tag = f"[{i}/{len(chosen)} {nb.stem}]"
+            log.info("%s running (params %s) ...", tag, Path(params).name if Path(params).suffix else params)
+            t0 = time.perf_counter()
+            run_notebook(nb, run_dir, params, stream=stream, tag=tag)
+            times[nb.stem] = time.perf_counter() - t0
+            log.info("%s done in %s", tag, _fmt(times[nb.stem]))
     return times
 
 
@@ -268,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingError, FileNotFoundError, ValueError) as e:
         log.error("error: %s", e)
         return 2
-    times = run_all(args.run_dir, params, args.only, stream=not args.quiet)
+    try:
+        times = run_all(args.run_dir, params, args.only, stream=not args.quiet)
+    except RunLocked as e:
+        log.error("error: %s", e)
+        return 2
     summary = record_run(args.run_dir, params, times)
     log.info("\nResults are in %s/ (executed notebooks in notebooks/, key figures in metrics/).", args.run_dir)
     for name, sec in times.items():

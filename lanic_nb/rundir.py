@@ -15,11 +15,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
+import fcntl
+import os
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lanic_nb.io import read_json, write_json
+
+LOCK_FILE = ".lock"
+LOCK_INFO = ".lock.json"
+LOCK_ENV = "LANIC_RUN_LOCK"
+"""Environment variable holding the token of the lock a parent process holds (the notebook runner), so the stages
+its notebook kernels run write under it instead of refusing."""
 
 
 @dataclass(frozen=True)
@@ -100,3 +113,54 @@ def record_metrics(run_dir: str | Path, stage: str, metrics: dict[str, Any]) -> 
 
 def load_metrics(run_dir: str | Path, stage: str) -> dict[str, Any]:
     return read_json(RunDir(Path(run_dir)).metrics_file(stage))
+
+
+class RunLocked(RuntimeError):
+    """Another process is writing into the run directory."""
+
+
+def _lock_info(root: Path) -> dict:
+    try:
+        return read_json(root / LOCK_INFO)
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path, holder: str) -> Iterator[None]:
+    """Hold the run directory's lock while ``holder`` (a stage, the runner) writes into it.
+
+    A second process gets ``RunLocked`` naming who holds it, instead of two writers interleaving their files.
+    The lock is an OS file lock (``flock``), so a killed holder releases it. A process started under a holder
+    (a notebook kernel under the runner) finds the holder's token in ``LANIC_RUN_LOCK`` and writes under it.
+    """
+    root = Path(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        info = _lock_info(root)
+        if info.get("token") and info.get("token") == os.environ.get(LOCK_ENV):
+            yield  # our parent holds it for us
+            return
+        raise RunLocked(f"{root} is being written by {info.get('holder', 'another process')} (pid "
+                        f"{info.get('pid', '?')}, since {info.get('since', '?')}): wait for it to finish or stop "
+                        "it; two writers in one run directory would interleave their files") from None
+    token, saved = uuid.uuid4().hex, os.environ.get(LOCK_ENV)
+    try:
+        write_json(root / LOCK_INFO, {"holder": holder, "pid": os.getpid(), "token": token,
+                                      "since": datetime.datetime.now().isoformat(timespec="seconds")})
+        os.environ[LOCK_ENV] = token
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(LOCK_ENV, None)
+        else:
+            os.environ[LOCK_ENV] = saved
+        (root / LOCK_INFO).unlink(missing_ok=True)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -239,6 +239,11 @@ def stage_config(name: str, params: str | Path | None = "demo", overrides: Mappi
     return from_dict(st.config_class(), stage_settings(st.name, params, overrides), where)
 
 
+def run_stage(name: str, run_dir: str | Path, params: str | Path | None = "demo", overrides: Mapping | None = None):
+    """Run stage ``name`` on ``run_dir`` with the settings of a params file (and overrides); its result."""
+    return stage(name).run_function()(run_dir, stage_config(name, params, overrides))
+
+
 def check_params(params: str | Path | None, names: list[str] | None = None) -> None:
     """Build the config of every stage (or of ``names``) from a params file, so a misspelled setting fails
     before the first notebook runs; an ``all`` key that no stage has fails too."""

@@ -29,6 +29,9 @@ class Stage:
     """Files (relative to the run directory) that exist once it has finished."""
     what: str
     """One line: what it does."""
+    writes: tuple[str, ...] = ()
+    """Everything it writes (files and folders, relative to the run directory), besides ``metrics/<name>.json``;
+    a folder of another stage's nested inside one of these belongs to that stage."""
 
     @property
     def prefix(self) -> str:
@@ -47,42 +50,45 @@ def _resolve(path: str):
     return getattr(importlib.import_module(module), name)
 
 
+_ALL_BEFORE_04 = ("00_data", "01_embed", "02_classifier", "03_transcoders")
+
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("00_data", "lanic_nb.data.stage:DataConfig", "lanic_nb.data.stage:run_data", (),
-          ("data/manifest.parquet",), "the phantom (or a real release) as a manifest of images, labels, reports"),
-    Stage("01_embed", "lanic_nb.embed.stage:EmbedConfig", "lanic_nb.embed.stage:run_embed", ("00_data",),
-          ("embed/header.json", "embed/status.parquet"), "image, report and sentence embeddings"),
+    Stage("00_data", "lanic_nb.data.stage:DataConfig", "lanic_nb.data.stage:run_data",
+          reads=(), outputs=("data/manifest.parquet",), writes=("data",),
+          what="the phantom (or a real release) as a manifest of images, labels, reports"),
+    Stage("01_embed", "lanic_nb.embed.stage:EmbedConfig", "lanic_nb.embed.stage:run_embed",
+          reads=("00_data",), outputs=("embed/header.json", "embed/status.parquet"), writes=("embed", "clip"),
+          what="image, report and sentence embeddings"),
     Stage("02_classifier", "lanic_nb.classify.stage:ClassifyConfig", "lanic_nb.classify.stage:run_classify",
-          ("00_data", "01_embed"), ("classifier/model.safetensors", "classifier/config.json"),
-          "the diagnostic MLP head on the embeddings, with baselines"),
+          reads=("00_data", "01_embed"), outputs=("classifier/model.safetensors", "classifier/config.json"),
+          writes=("classifier",), what="the diagnostic MLP head on the embeddings, with baselines"),
     Stage("03_transcoders", "lanic_nb.transcoder.stage:TranscodersConfig",
-          "lanic_nb.transcoder.stage:run_transcoders", ("00_data", "01_embed", "02_classifier"),
-          ("transcoders/ensemble.safetensors", "transcoders/config.json"),
-          "the ensemble of sparse transcoders trained on the classifier"),
+          "lanic_nb.transcoder.stage:run_transcoders", reads=("00_data", "01_embed", "02_classifier"),
+          outputs=("transcoders/ensemble.safetensors", "transcoders/config.json"), writes=("transcoders",),
+          what="the ensemble of sparse transcoders trained on the classifier"),
     Stage("04_patterns", "lanic_nb.patterns.stage:PatternsConfig", "lanic_nb.patterns.stage:run_patterns",
-          ("00_data", "01_embed", "02_classifier", "03_transcoders"),
-          ("patterns/directions.safetensors", "patterns/patterns.json"),
-          "the members' latents merged into patterns, named and categorized"),
+          reads=_ALL_BEFORE_04, outputs=("patterns/directions.safetensors", "patterns/patterns.json"),
+          writes=("patterns",), what="the members' latents merged into patterns, named and categorized"),
     Stage("05_maps", "lanic_nb.maps.stage:MapsConfig", "lanic_nb.maps.stage:run_maps",
-          ("00_data", "01_embed", "04_patterns"),
-          ("patterns/maps/pattern_coords.parquet", "patterns/maps/image_coords.parquet"),
-          "UMAP maps of the patterns and the images"),
+          reads=("00_data", "01_embed", "04_patterns"),
+          outputs=("patterns/maps/pattern_coords.parquet", "patterns/maps/image_coords.parquet"),
+          writes=("patterns/maps",), what="UMAP maps of the patterns and the images"),
     Stage("06_attribution", "lanic_nb.attribute.stage:AttributionConfig",
-          "lanic_nb.attribute.stage:run_attribution",
-          ("00_data", "01_embed", "02_classifier", "03_transcoders", "04_patterns"),
-          ("attribution/summary.parquet", "attribution/contributions.parquet"),
-          "every logit decomposed exactly into pattern contributions, and tested"),
+          "lanic_nb.attribute.stage:run_attribution", reads=(*_ALL_BEFORE_04, "04_patterns"),
+          outputs=("attribution/summary.parquet", "attribution/contributions.parquet"), writes=("attribution",),
+          what="every logit decomposed exactly into pattern contributions, and tested"),
     Stage("07_gallery", "lanic_nb.gallery.stage:GalleryConfig", "lanic_nb.gallery.stage:run_gallery",
-          ("00_data", "01_embed", "02_classifier", "03_transcoders", "04_patterns"), ("gallery.html",),
-          "pattern galleries and per-image explanations, and the static HTML page"),
+          reads=(*_ALL_BEFORE_04, "04_patterns"), outputs=("gallery.html",), writes=("gallery.html",),
+          what="pattern galleries and per-image explanations, and the static HTML page"),
     Stage("08_mammi", "lanic_nb.mammi.stage:MammiConfig", "lanic_nb.mammi.stage:run_mammi",
-          ("00_data", "01_embed", "02_classifier", "03_transcoders", "04_patterns"), ("mammi/neurons.parquet",),
-          "MAMMI neuron naming of a CNN, the hidden units and the patterns, with baselines"),
+          reads=(*_ALL_BEFORE_04, "04_patterns"), outputs=("mammi/neurons.parquet",), writes=("mammi",),
+          what="MAMMI neuron naming of a CNN, the hidden units and the patterns, with baselines"),
     Stage("09_pathology", "lanic_nb.pathology.stage:PathologyConfig", "lanic_nb.pathology.stage:run_pathology",
-          (), ("pathology/feature_gene.parquet",), "SAE features of pathology tiles against genes and morphology"),
+          reads=(), outputs=("pathology/feature_gene.parquet",), writes=("pathology",),
+          what="SAE features of pathology tiles against genes and morphology"),
     Stage("10_explain", "lanic_nb.explain.config:ExplainConfig", "lanic_nb.explain.stage:run_explain",
-          ("00_data", "01_embed", "02_classifier", "03_transcoders", "04_patterns"), ("metrics/10_explain.json",),
-          "new images explained with the finished run"),
+          reads=(*_ALL_BEFORE_04, "04_patterns"), outputs=("metrics/10_explain.json",), writes=("explain",),
+          what="new images explained with the finished run"),
 )}
 
 

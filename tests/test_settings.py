@@ -29,7 +29,8 @@ SPECIAL = {
     "seeds": [[5] * 100], "dict_sizes": [[64] * 100], "prevalence": [{"pneumothorax": 0.3}],
     "shortcut_concept": ["burned_in_text"], "shortcut_finding": ["Edema"], "split_fractions": [[0.6, 0.2, 0.2]],
     "reader_options": [{"frontal_only": True}], "images": [["a.png", "b.png"]], "own_rivals": [["device"]],
-    "cnn.channels": [[4, 8]], "insertion_ks": [[0, 2, 7]], "vision_arch": ["resnet"], "name_patterns": [],
+    "cnn.channels": [[4, 8]], "insertion_ks": [[0, 2, 7]], "calibration": ["platt"], "ood": ["refuse"],
+    "vision_arch": ["resnet"], "name_patterns": [],
 }
 
 

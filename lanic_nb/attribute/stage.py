@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lanic_nb.artifacts import load_pattern_table, load_split, require_inputs
+from lanic_nb.artifacts import load_pattern_table, load_split, stage_function
 from lanic_nb.attribute.core import (
     Attribution,
     attribute,
@@ -29,11 +29,23 @@ from lanic_nb.attribute.core import (
 )
 from lanic_nb.attribute.evidence import evidence_shares
 from lanic_nb.attribute.faithfulness import deletion_test, insertion_curves
+from lanic_nb.attribute.ood import (
+    SCORES_FILE,
+    OODReference,
+    build_reference,
+    film_shapes,
+    ood_table,
+    pool_rows,
+    unexplained_share,
+)
 from lanic_nb.attribute.shortcut import shortcut_check
 from lanic_nb.attribute.views import plot_insertion, plot_mass_distribution
 from lanic_nb.checks import check_selection, require_at_least_one
 from lanic_nb.device import pick_device
+from lanic_nb.embed.store import load_embedded
+from lanic_nb.images import image_properties, sanity_problems
 from lanic_nb.io import write_figure, write_table
+from lanic_nb.manifest import resolve_image_path
 from lanic_nb.rundir import RunDir, record_metrics
 
 log = logging.getLogger(__name__)
@@ -66,12 +78,20 @@ class AttributionConfig:
     shortcut_top: int = 5
     """The shortcut pattern must rank among this many top contributions (phantom evaluation). Default: the five
     patterns an explanation names (ExplainConfig.n_shown)."""
+    ood_alpha: float = 0.01
+    """Out-of-distribution check: flag a film whose p-value against the validation films is below this, in
+    (0, 1): the false-alarm rate on films like them (``attribute.ood``). Default: 1%, a convention."""
+    ood_pool: int = 5000
+    """At most this many training films (evenly spaced) that the embedding distribution is fitted on. Default:
+    engineering (enough for a shrunk covariance at BiomedCLIP's 512 dimensions)."""
 
     def __post_init__(self) -> None:
         check_selection(self.split, self.max_images)
         if not 0 < self.mass <= 1:
             raise ValueError(f"mass must be in (0, 1], got {self.mass}")
-        require_at_least_one(self, ("k", "n_random", "top_table", "shortcut_top"))
+        require_at_least_one(self, ("k", "n_random", "top_table", "shortcut_top", "ood_pool"))
+        if not 0 < self.ood_alpha < 1:
+            raise ValueError(f"ood_alpha must be in (0, 1), got {self.ood_alpha}")
         ks = list(self.insertion_ks)
         if not ks or any(int(k) != k or k < 0 for k in ks):
             raise ValueError(f"insertion_ks must be a non-empty list of integers >= 0, got {self.insertion_ks}")
@@ -94,9 +114,12 @@ class AttributionResult:
     insertion: pd.DataFrame  # insertion.parquet
     shortcut: dict | None  # the phantom's shortcut check (None: the run plants none)
     evidence: pd.DataFrame  # per finding: shares of positive evidence from confounders / its own concept
+    ood: pd.DataFrame  # out-of-distribution scores of the validation and explained films (ood_scores.parquet)
+    ood_reference: OODReference  # what new films are scored against (ood_reference.json)
     metrics: dict = field(default_factory=dict)  # as recorded in metrics/06_attribution.json
 
 
+@stage_function("06_attribution")
 def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None) -> AttributionResult:
     """Decompose the classifier's logits on ``config.split`` into pattern contributions and test them.
 
@@ -104,7 +127,6 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None
     docstring); returns them for display.
     """
     cfg = config or AttributionConfig()
-    require_inputs(run_dir, "06_attribution")
     rd = RunDir(Path(run_dir))
     dev = pick_device(cfg.device)
     run = load_split(rd.root, split=cfg.split, device=dev, max_images=cfg.max_images)
@@ -125,6 +147,7 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None
     table = load_pattern_table(rd.patterns, ps)
     shortcut = shortcut_check(rd.root, attr, image_ids, top=cfg.shortcut_top, patterns=table)
     evidence = evidence_shares(attr, table)
+    ood_ref, ood = score_split(rd, run, attr, cfg, dev)
 
     import matplotlib.pyplot as plt  # pyplot only when figures are drawn
 
@@ -136,6 +159,8 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None
     write_table(out / "deletion.parquet", deletion)
     write_table(out / "insertion.parquet", curves)
     write_table(out / "evidence.parquet", evidence)
+    ood_ref.save(out)
+    write_table(out / SCORES_FILE, ood)
     for name, fig in (("patterns_for_90.png", plot_mass_distribution(counts, cfg.mass)),
                       ("insertion.png", plot_insertion(curves))):
         write_figure(out / name, fig)
@@ -156,9 +181,35 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None
         "evidence": {r.finding: {"confounder_share": r.confounder_share, "own_share": r.own_share,
                                  "n_images": r.n_images, "top_confounder": r.top_confounder}
                      for r in evidence.itertuples()},
+        "ood": {"alpha": ood_ref.alpha, "n_val": len(ood_ref.distance_val),
+                "false_alarm_rate": float(ood[ood.split == cfg.split].flagged.mean()),
+                "flagged_val": float(ood[ood.split == "val"].flagged.mean())},
     }
     record_metrics(rd.root, "06_attribution", metrics)
     return AttributionResult(attribution=attr, image_ids=image_ids, n_patterns=ps.n_patterns,
                              identity_error=identity_error, summary=summary, terms=term_sizes(summary),
                              counts=counts, mass_table=mass_table, deletion=deletion, insertion=curves,
-                             shortcut=shortcut, evidence=evidence, metrics=metrics)
+                             shortcut=shortcut, evidence=evidence, ood=ood, ood_reference=ood_ref, metrics=metrics)
+
+
+def score_split(rd: RunDir, run, attr: Attribution, cfg: AttributionConfig, device) -> tuple[OODReference,
+                                                                                               pd.DataFrame]:
+    """The out-of-distribution reference (the training films' embeddings, the validation films' signals), and the
+    scores of the validation films and of the explained split's (``attribute.ood``)."""
+    emb = load_embedded(rd.root)
+    rows = pool_rows(emb.manifest["split"].to_numpy(), np.ones(len(emb.rows), bool), cfg.ood_pool)
+    val = load_split(rd.root, "val", device)
+    attr_val = attribute(val.classifier, val.ensemble, val.patterns.latent_pattern, val.patterns.n_patterns, val.x)
+    films = film_shapes([resolve_image_path(rd.manifest, p) for p in emb.manifest["image_path"].iloc[rows]])
+    ref = build_reference(emb.x[rows], val.x.numpy(), attr_val, cfg.ood_alpha, films)
+    if len(ref.distance_val) + 1 < 2 / ref.alpha:
+        log.warning("%d validation films: too few to flag a film at alpha %.3g by its signals alone (it takes %d); "
+                    "only the image checks flag", len(ref.distance_val), ref.alpha, int(np.ceil(2 / ref.alpha)) - 1)
+    tables = []
+    for split, x, a, manifest in (("val", val.x.numpy(), attr_val, val.manifest),
+                                  (cfg.split, run.x.numpy(), attr, run.manifest)):
+        paths = [resolve_image_path(rd.manifest, p) for p in manifest["image_path"]]
+        problems = [sanity_problems(image_properties(p), ref.films) for p in paths]
+        t = ood_table(ref.distance(x), unexplained_share(a), ref, problems)
+        tables.append(t.assign(split=split, image_id=manifest["image_id"].astype(str).to_numpy()))
+    return ref, pd.concat(tables, ignore_index=True)

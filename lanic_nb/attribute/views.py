@@ -63,3 +63,24 @@ def plot_evidence_shares(evidence: pd.DataFrame):
     ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
     fig.tight_layout()
     return fig
+
+
+def plot_ood_scores(ood, threshold: float):
+    """Histogram of the out-of-distribution score (-log10 p) of the validation films and of the explained split's,
+    with the threshold above which a film is flagged; films that fail the image checks are counted apart."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    finite = ood[np.isfinite(ood.score)]
+    top = max(threshold * 1.3, float(finite.score.max()) if len(finite) else 1.0)
+    bins = np.linspace(0, top, 30)
+    for split, t in finite.groupby("split", sort=False):
+        ax.hist(t.score, bins=bins, alpha=0.55, label=f"{split} ({len(t)} films)")
+    ax.axvline(threshold, color="C3", ls="--", lw=1, label=f"flagged above {threshold:.1f}")
+    failed = int((~np.isfinite(ood.score)).sum())
+    ax.set_xlabel("out-of-distribution score, -log10 p" + (f" ({failed} fail the image checks)" if failed else ""))
+    ax.set_ylabel("films")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

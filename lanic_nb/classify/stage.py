@@ -15,8 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lanic_nb.artifacts import load_stage_data, require_inputs
+from lanic_nb.artifacts import load_stage_data, stage_function
 from lanic_nb.checks import require_at_least_one
+from lanic_nb.classify.calibrate import (
+    METHODS,
+    Calibration,
+    expected_calibration_error,
+    fit_calibration,
+    reliability_table,
+)
 from lanic_nb.classify.model import (
     ClassifierConfig,
     DiagnosticClassifier,
@@ -40,6 +47,11 @@ class ClassifyConfig:
 
     device: str = "auto"
     """Where the head trains: "auto" (CUDA when present, else CPU), "cpu", "cuda", ... Default: auto."""
+    calibration: str = "auto"
+    """How the head's logits become probabilities, fitted on the validation split per finding: "auto" (whichever
+    of the raw sigmoid, temperature and Platt scaling cross-validates best), "platt", "temperature" or "none"
+    (``classify.calibrate``). Default: auto, since a head trained with a cross-entropy is often calibrated
+    already."""
     n_boot: int = 500
     """Bootstrap resamples of the test split for the 95% intervals of AUROC and AUPRC. Default: a common choice
     for percentile intervals (Efron & Tibshirani use 1,000 and more; 500 keeps the stage fast)."""
@@ -48,6 +60,8 @@ class ClassifyConfig:
 
     def __post_init__(self) -> None:
         require_at_least_one(self, ("n_boot",))
+        if self.calibration not in METHODS:
+            raise ValueError(f"calibration must be one of {METHODS}, got {self.calibration!r}")
 
 
 @dataclass
@@ -61,22 +75,49 @@ class ClassifyResult:
     """What ``metrics/02_classifier.json`` records."""
     n_images: int
     d_in: int
+    calibration: Calibration
+    """The logit -> probability map per finding, fitted on the validation split (``classifier/calibration.json``)."""
+    reliability: pd.DataFrame
+    """Test split, per finding and probability bin, before and after calibration (``classifier/reliability.csv``)."""
 
 
+@stage_function("02_classifier")
 def run_classify(run_dir: str | Path, config: ClassifyConfig | None = None) -> ClassifyResult:
     """The classifier stage: train, evaluate, write ``classifier/`` and the stage's metrics."""
     cfg = config or ClassifyConfig()
-    require_inputs(run_dir, "02_classifier")
     seed_everything(cfg.classifier.seed)
     device = pick_device(cfg.device)
     data = load_stage_data(run_dir)
     model_cfg = cfg.classifier.with_input(data.X.shape[1])
     model, history, table = fit_classifier_stage(run_dir, model_cfg, device, n_boot=cfg.n_boot)
-    metrics = stage_metrics(table, history, len(data.X))
+    calibration, reliability, ece = calibrate_stage(run_dir, model, data, cfg.calibration, device)
+    metrics = stage_metrics(table, history, len(data.X)) | ece
     record_metrics(run_dir, "02_classifier", metrics)
-    log.info("%d images of dimension %d; trained %d epochs; test mean AUROC %.3f", len(data.X), data.X.shape[1],
-             len(history), metrics["mlp_auroc_mean"])
-    return ClassifyResult(model, history, table, metrics, len(data.X), int(data.X.shape[1]))
+    log.info("%d images of dimension %d; trained %d epochs; test mean AUROC %.3f; ECE %.3f -> %.3f (%s)",
+             len(data.X), data.X.shape[1], len(history), metrics["mlp_auroc_mean"], ece["ece_before_mean"],
+             ece["ece_after_mean"], ", ".join(calibration.chosen))
+    return ClassifyResult(model, history, table, metrics, len(data.X), int(data.X.shape[1]), calibration, reliability)
+
+
+def calibrate_stage(run_dir: str | Path, model: DiagnosticClassifier, data, method: str, device="cpu"
+                    ) -> tuple[Calibration, pd.DataFrame, dict]:
+    """Fit the calibration on the validation split, measure it on the test split; write ``calibration.json`` and
+    ``reliability.csv`` under ``classifier/``. Returns (calibration, reliability table, the ECE figures)."""
+    logits = predict_logits(model, data.X, device)
+    va, te = data.split == "val", data.split == "test"
+    calibration = fit_calibration(logits[va], data.Y[va], method)
+    raw, cal = Calibration.identity().probabilities(logits[te]), calibration.probabilities(logits[te])
+    before, after = expected_calibration_error(raw, data.Y[te]), expected_calibration_error(cal, data.Y[te])
+    reliability = pd.concat([reliability_table(raw, data.Y[te]).assign(probabilities="raw sigmoid"),
+                             reliability_table(cal, data.Y[te]).assign(probabilities="calibrated")], ignore_index=True)
+    folder = RunDir(Path(run_dir)).classifier
+    calibration.save(folder)
+    write_table(folder / "reliability.csv", reliability)
+    ece = {"calibration": dict(zip(FINDINGS, calibration.chosen, strict=True)),
+           "ece_before": {f: float(v) for f, v in zip(FINDINGS, before, strict=True)},
+           "ece_after": {f: float(v) for f, v in zip(FINDINGS, after, strict=True)},
+           "ece_before_mean": float(np.nanmean(before)), "ece_after_mean": float(np.nanmean(after))}
+    return calibration, reliability, ece
 
 
 def stage_metrics(table: pd.DataFrame, history: pd.DataFrame, n_images: int) -> dict:

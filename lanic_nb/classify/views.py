@@ -48,3 +48,24 @@ def plot_history(history: pd.DataFrame):
     ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="center right")
     fig.tight_layout()
     return fig
+
+
+def plot_reliability(reliability: pd.DataFrame):
+    """One panel per finding: the share of positive films against the mean probability in each probability bin,
+    before (raw sigmoid) and after calibration; the diagonal is perfect calibration, dot size the films in a bin."""
+    import matplotlib.pyplot as plt
+
+    findings = list(dict.fromkeys(reliability.finding))
+    fig, axes = plt.subplots(1, len(findings), figsize=(2.4 * len(findings), 2.6), squeeze=False, sharey=True)
+    for ax, finding in zip(axes[0], findings, strict=True):
+        for (kind, t), color in zip(reliability[reliability.finding == finding].groupby("probabilities", sort=False),
+                                    ("C0", "C1"), strict=False):
+            ax.plot(t.mean_prob, t.frac_pos, "-o", color=color, ms=3, lw=1, label=kind)
+            ax.scatter(t.mean_prob, t.frac_pos, s=4 + 60 * t.n / t.n.max(), color=color, alpha=0.4)
+        ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=0.8)
+        ax.set_title(finding, fontsize=8)
+        ax.set_xlabel("mean probability", fontsize=8)
+    axes[0, 0].set_ylabel("share positive")
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lanic_nb.artifacts import stage_function
 from lanic_nb.data.readers import build_manifest, manifest_summary
 from lanic_nb.phantom.config import PhantomConfig
 from lanic_nb.phantom.generate import make_phantom_dataset
@@ -57,6 +58,7 @@ class DataResult:
     """The phantom's configuration (None for a real dataset)."""
 
 
+@stage_function("00_data")
 def run_data(run_dir: str | Path, config: DataConfig | None = None) -> DataResult:
     """Generate the phantom (or read the real release) into the run and record its key figures."""
     cfg = config or DataConfig()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lanic_nb.artifacts import require_inputs
+from lanic_nb.artifacts import stage_function
 from lanic_nb.device import pick_device, seed_everything
 from lanic_nb.embed.clip_eval import write_clip_evaluation
 from lanic_nb.embed.clip_small import SmallClipConfig, fit_small_clip
@@ -75,11 +75,10 @@ class EmbedResult:
     """What ``metrics/01_embed.json`` records."""
 
 
+@stage_function("01_embed", reads_run=lambda config: not config.manifest_path)
 def run_embed(run_dir: str | Path, config: EmbedConfig | None = None) -> EmbedResult:
     """Train or load the encoder, embed the whole manifest (resumably), evaluate, record the figures."""
     cfg = config or EmbedConfig()
-    if not cfg.manifest_path:
-        require_inputs(run_dir, "01_embed")
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     rd = RunDir(Path(run_dir))

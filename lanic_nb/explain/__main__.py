@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from lanic_nb.explain.annotator import VLMConfig
-from lanic_nb.explain.config import MODALITY_CHECKS, ExplainConfig
+from lanic_nb.explain.config import MODALITY_CHECKS, OOD_CHECKS, ExplainConfig
 from lanic_nb.manifest import FINDINGS
 
 log = logging.getLogger("lanic_nb.explain")
@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--modality-check", choices=MODALITY_CHECKS, default=d.modality_check,
                     help="a DICOM that is not a chest radiograph (Modality not CR/DX, BodyPartExamined not the "
                     "chest): explain it with a warning, or refuse it (default: %(default)s)")
+    ap.add_argument("--ood", choices=OOD_CHECKS, default=d.ood,
+                    help="a film unlike the run's own (or not a radiograph): explain it under a warning, or refuse it "
+                    "(default: %(default)s)")
     ap.add_argument("--no-html", action="store_true", help="write JSON (and parquet) only")
     ap.add_argument("--allow-patient-data", action="store_true", help="write HTML pages for a run on a real "
                     "dataset (they embed its images: mind its data-use agreement)")
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = ExplainConfig(device=args.device, images=[str(p) for p in args.images], out_dir=str(args.out),
                             n_top=args.top, n_shown=args.shown, n_neighbors=args.neighbors,
-                            modality_check=args.modality_check, html=not args.no_html,
+                            modality_check=args.modality_check, ood=args.ood, html=not args.no_html,
                             allow_patient_data=args.allow_patient_data, batch_size=args.batch_size,
                             annotator=VLMConfig(model=args.annotator_model, device=args.device,
                                                 max_new_tokens=args.max_new_tokens,
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     for e in result.explanations:
         if e.ok:
             best = int(e.probabilities.argmax())
-            log.info("%s: %s p=%.2f%s", e.image_id, FINDINGS[best], e.probabilities[best],
+            log.info("%s: %s p=%.2f%s%s", e.image_id, FINDINGS[best], e.probabilities[best],
+                     f" [OUTSIDE WHAT THE RUN KNOWS: {e.ood['why']}]" if e.outside else "",
                      "".join(f" [warning: {w}]" for w in e.warnings))
         else:
             log.info("%s: %s: %s", e.image_id, e.status, e.reason)

@@ -8,6 +8,7 @@ from lanic_nb.checks import require_at_least_one
 from lanic_nb.explain.annotator import VLMConfig
 
 MODALITY_CHECKS = ("warn", "refuse")
+OOD_CHECKS = ("warn", "refuse")
 
 
 @dataclass
@@ -44,6 +45,10 @@ class ExplainConfig:
     """DICOM whose Modality is not CR/DX or whose BodyPartExamined is not the chest: "warn" (explained, the warning
     written beside the result) or "refuse" (not explained, the reason written instead). Default: warn (the explanation
     is written, with the warning beside it)."""
+    ood: str = "warn"
+    """A film outside what the run knows (``attribute.ood``: unlike its training films, or mostly unexplained by
+    its patterns, or not a radiograph at all): "warn" (explained, with a banner and the reason) or "refuse" (not
+    explained, the reason written instead). Default: warn."""
     html: bool = True
     """Write a self-contained HTML page per image. Default: on."""
     allow_patient_data: bool = False
@@ -63,6 +68,8 @@ class ExplainConfig:
                                     "batch_size"))
         if self.n_neighbors < 0:
             raise ValueError(f"n_neighbors must be >= 0, got {self.n_neighbors}")
+        if self.ood not in OOD_CHECKS:
+            raise ValueError(f"ood must be one of {OOD_CHECKS}, got {self.ood!r}")
         if self.modality_check not in MODALITY_CHECKS:
             raise ValueError(f"modality_check must be one of {MODALITY_CHECKS}, got {self.modality_check!r}")
         for name in ("html", "allow_patient_data", "name_patterns"):

@@ -10,7 +10,7 @@ pattern its top-activating training images (the thumbnails of the pages).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,8 @@ from torch import nn
 
 from lanic_nb.artifacts import load_pattern_table
 from lanic_nb.attribute.core import pattern_columns
+from lanic_nb.attribute.ood import OODReference, pool_rows
+from lanic_nb.classify.calibrate import Calibration, load_calibration
 from lanic_nb.classify.model import load_classifier
 from lanic_nb.embed.encoders import LOCAL_PREFIX, PHANTOM, Encoder, load_encoder
 from lanic_nb.embed.store import EmbeddingStore
@@ -64,6 +66,8 @@ class LoadedRun:
     dataset: str  # the manifest's dataset name(s), e.g. "phantom"
     pool: Pool
     run_rows: dict[str, tuple[int, str, str]]  # resolved image file -> (manifest row, image_id, split)
+    calibration: Calibration = field(default_factory=Calibration.identity)  # logit -> probability, per finding
+    ood: OODReference | None = None  # what new films' out-of-distribution scores compare with (from 06)
 
     @property
     def n_patterns(self) -> int:
@@ -161,10 +165,7 @@ def pattern_top_images(ensemble: nn.Module, latent_pattern: torch.Tensor, n_patt
 
 def _pool(rd: RunDir, store: EmbeddingStore, manifest: pd.DataFrame, ens: nn.Module, ps: PatternSet,
           max_images: int, k: int) -> Pool:
-    ok = store.ok & (manifest["split"].astype(str) == "train").to_numpy()
-    rows = np.flatnonzero(ok)
-    if len(rows) > max_images:
-        rows = rows[np.linspace(0, len(rows) - 1, max_images).round().astype(int)]
+    rows = pool_rows(manifest["split"].to_numpy(), store.ok, max_images)
     x = torch.from_numpy(np.asarray(store.image[rows], dtype=np.float32))
     finite = torch.isfinite(x).all(1).numpy()
     rows, x = rows[finite], x[finite]
@@ -200,6 +201,11 @@ def load_explain_run(run_dir: str | Path, device: str | torch.device = "cpu", po
     run_rows = {str(p.resolve()): (r, str(i), str(s)) for r, (p, i, s) in
                 enumerate(zip(paths, manifest["image_id"], manifest["split"], strict=True))}
     log.info("run %s: encoder %s, %d patterns, %d pool images", root, encoder.name, ps.n_patterns, len(pool.x))
+    ood = OODReference.load(rd.attribution) if (root / "attribution").is_dir() else None
+    if ood is None:
+        log.warning("%s has no out-of-distribution reference (notebook 06 writes it): films are explained without "
+                    "checking that they look like the run's films", root)
     return LoadedRun(root=root, store=store, encoder=encoder, classifier=classifier, ensemble=ensemble,
                      patterns=ps, table=table, info=pattern_info(table),
-                     dataset=",".join(sorted(set(manifest["dataset"].astype(str)))), pool=pool, run_rows=run_rows)
+                     dataset=",".join(sorted(set(manifest["dataset"].astype(str)))), pool=pool, run_rows=run_rows,
+                     calibration=load_calibration(rd.classifier), ood=ood)

@@ -65,7 +65,7 @@ def to_json(e: ImageExplanation, run: LoadedRun, n_top: int) -> dict:
     """The JSON document of one image."""
     doc = {"image_id": e.image_id, "source": str(e.source), "status": e.status, "reason": e.reason or None,
            "warnings": list(e.warnings), "image": e.info, "run": str(run.root), "encoder": run.encoder.name,
-           "encoder_fingerprint": run.header.get("encoder_fingerprint"), "dataset": run.dataset}
+           "encoder_fingerprint": run.header.get("encoder_fingerprint"), "dataset": run.dataset, "ood": e.ood}
     if not e.ok:
         return doc
     at = e.attribution

@@ -25,6 +25,8 @@ PAGE_CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1150px;color:#222}
 h1{font-size:1.4em} h2{border-bottom:2px solid #ccc;padding-bottom:.2em;margin-top:1.4em;font-size:1.15em}
 .meta{color:#555;font-size:12px} .note{background:#fff3cd;padding:.5em;border-radius:4px}
+.ood{background:#f8d7da;border:2px solid #b02a37;color:#58151c;padding:.7em;border-radius:4px;font-weight:600}
+.probs.untrusted td{color:#888;text-decoration:line-through}
 .row{display:flex;gap:1.5em;align-items:flex-start} .left{flex:0 0 auto} .right{flex:1 1 auto}
 .big{width:256px;height:256px;object-fit:contain;background:#000;display:block;margin-bottom:.6em}
 table{border-collapse:collapse;font-size:12px} td,th{padding:2px 6px;text-align:left}
@@ -106,7 +108,17 @@ def probabilities_table(e: ImageExplanation) -> str:
     rows = "".join(f"<tr><td>{f}</td><td><div class='bar' style='width:{100 * v:.0f}px'></div></td>"
                    f"<td>{v:.2f}</td></tr>"
                    for f, v in zip(FINDINGS, e.probabilities, strict=True))
-    return f"<table class='probs'><tr><th>finding</th><th></th><th>p</th></tr>{rows}</table>"
+    note = ("<caption>Not to be trusted: the film lies outside what the run knows.</caption>" if e.outside else "")
+    return (f"<table class='probs{' untrusted' if e.outside else ''}'>{note}<tr><th>finding</th><th></th><th>p "
+            f"(calibrated)</th></tr>{rows}</table>")
+
+
+def ood_banner(e: ImageExplanation) -> str:
+    """The warning a reader sees first when the film lies outside what the run knows (empty otherwise)."""
+    if not e.outside:
+        return ""
+    return (f"<p class='ood'>Outside what this run knows: {escape(e.ood['why'])}. The probabilities and patterns "
+            "below show how the model reacts to a film unlike its own; they are not evidence about this film.</p>")
 
 
 def pattern_card(e: ImageExplanation, p: int, run: LoadedRun) -> str:
@@ -159,7 +171,7 @@ def render_page(e: ImageExplanation, run: LoadedRun, cfg: ExplainConfig) -> str:
             f"{escape(run.encoder.name)}; dataset {escape(run.dataset)}.")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(e.image_id)}: lanic-nb "
             f"explanation</title><style>{PAGE_CSS}</style></head><body><h1>What the classifier sees in "
-            f"{escape(e.image_id)}</h1><p class='meta'>{meta}</p>"
+            f"{escape(e.image_id)}</h1>{ood_banner(e)}<p class='meta'>{meta}</p>"
             + "".join(f"<p class='note'>{escape(t)}</p>" for t in notes)
             + f"<div class='row'><div class='left'>{_img(e.thumbnail, 'big', e.image_id)}{probabilities_table(e)}</div>"
             f"<div class='right'><p>Each logit is exactly the sum of the bars: the pattern contributions, the latents "

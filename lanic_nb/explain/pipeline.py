@@ -20,10 +20,20 @@ import torch
 from PIL import Image
 
 from lanic_nb.attribute.core import Attribution, attribute
+from lanic_nb.attribute.ood import explain_ood, ood_table, unexplained_share
+from lanic_nb.classify.calibrate import Calibration
 from lanic_nb.explain.config import ExplainConfig
 from lanic_nb.explain.model import LoadedRun
 from lanic_nb.explain.text import Annotator, PatternEvidence, explain_prediction, top_evidence
-from lanic_nb.images import ImageReadError, chest_radiograph_problems, dicom_info, is_dicom, load_image
+from lanic_nb.images import (
+    ImageReadError,
+    chest_radiograph_problems,
+    dicom_info,
+    image_properties,
+    is_dicom,
+    load_image,
+    sanity_problems,
+)
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.progress import progress
 
@@ -61,6 +71,16 @@ class ImageExplanation:
     """A PNG of the image as read (at most 256 px)."""
     pattern_names: dict[int, str] = field(default_factory=dict)
     """Names the annotator model gave the shown patterns (name_patterns=True)."""
+    calibration: Calibration | None = None
+    """The run's logit -> probability map (None: the raw sigmoid)."""
+    ood: dict | None = None
+    """The out-of-distribution check (``attribute.ood``): its signals, p-value, score, ``flagged`` and ``why``
+    (None: the run has no reference)."""
+
+    @property
+    def outside(self) -> bool:
+        """Whether the film lies outside what the run knows (its probabilities and patterns are not to be trusted)."""
+        return bool(self.ood and self.ood["flagged"])
 
     @property
     def ok(self) -> bool:
@@ -68,8 +88,10 @@ class ImageExplanation:
 
     @property
     def probabilities(self) -> np.ndarray:
-        """(5,) sigmoid of the logits."""
-        return torch.sigmoid(self.attribution.logits[0]).numpy()
+        """(5,) calibrated probabilities of the logits (the decomposition stays exact on the logits)."""
+        logits = self.attribution.logits[0].numpy()
+        return (1.0 / (1.0 + np.exp(-logits)) if self.calibration is None
+                else self.calibration.probabilities(logits[None])[0])
 
 
 def shown_patterns(e: ImageExplanation, n: int) -> list[int]:
@@ -119,6 +141,7 @@ class Explainer:
         arr = load_image(path)
         info.setdefault("format", path.suffix.lstrip(".").upper() or "image")
         info["shape"] = list(arr.shape)
+        info["properties"] = image_properties(path, gray=arr)
         enc = self.run.encoder
         return enc.preprocess_array(torch.from_numpy(arr)), warnings, info, _png(arr)
 
@@ -168,9 +191,28 @@ class Explainer:
                                         attr.error[j : j + 1], attr.logits[j : j + 1], attr.activations[j : j + 1])
             if near is not None:
                 e.neighbors = [(int(i), float(v)) for v, i in zip(near.values[j], near.indices[j], strict=True)]
+            e.calibration = run.calibration
+            e.ood = self._ood(e, x[j], attr, j)
+            if e.outside and self.cfg.ood == "refuse":
+                e.status, e.reason = "refused", e.ood["why"]
+                continue
             e.run_image = self._run_image(e.source, x[j])
             self._name_patterns(e)
             self._write_texts(e)
+
+    def _ood(self, e: ImageExplanation, x: torch.Tensor, attr: Attribution, j: int) -> dict | None:
+        ref = self.run.ood
+        if ref is None:
+            return None
+        problems = sanity_problems(e.info["properties"], ref.films)
+        one = Attribution(attr.contributions[j: j + 1], attr.other[j: j + 1], attr.bias, attr.error[j: j + 1],
+                          attr.logits[j: j + 1], attr.activations[j: j + 1])
+        row = ood_table(ref.distance(x[None].numpy()), unexplained_share(one), ref, [problems]).iloc[0]
+        out = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        out["score"] = out["score"] if np.isfinite(out["score"]) else None  # not a radiograph: no finite score
+        out["threshold"] = ref.threshold
+        out["why"] = explain_ood(row) if row["flagged"] else ""
+        return out
 
     def _run_image(self, path: Path, x: torch.Tensor) -> dict | None:
         hit = self.run.run_rows.get(str(path.resolve()))
@@ -210,7 +252,7 @@ class Explainer:
         for f, finding in enumerate(FINDINGS):
             ev = top_evidence(c[:, f], info, None, self.cfg.n_shown)
             e.evidence.append(ev)
-            e.texts.append(explain_prediction(finding, float(torch.sigmoid(at.logits[0, f])), ev,
+            e.texts.append(explain_prediction(finding, float(e.probabilities[f]), ev,
                                               total_abs=float(np.abs(c[:, f]).sum()), error=float(at.error[0, f]),
                                               annotator=self.annotator, image_path=e.source))
 

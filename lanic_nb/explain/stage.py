@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lanic_nb.artifacts import require_inputs
+from lanic_nb.artifacts import stage_function
 from lanic_nb.device import pick_device
 from lanic_nb.explain.config import ExplainConfig
 from lanic_nb.explain.model import LoadedRun, load_explain_run
@@ -90,11 +90,11 @@ def split_images(run: LoadedRun, n: int) -> list[Path]:
     return [Path(p) for _, p in rows[:n]]
 
 
+@stage_function("10_explain")
 def run_explain(run_dir: str | Path, config: ExplainConfig | None = None) -> ExplainResult:
     """Notebook 10: load the run, explain ``config.images`` (default: a few of its test images), write the files
     into ``config.out_dir`` (default ``<run_dir>/explain``) and record ``metrics/10_explain.json``."""
     cfg = config or ExplainConfig()
-    require_inputs(run_dir, "10_explain")
     explainer = open_explainer(run_dir, cfg)
     paths = cfg.images or split_images(explainer.run, cfg.n_test_images)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else explainer.run.root / "explain"

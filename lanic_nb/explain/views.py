@@ -14,15 +14,17 @@ from lanic_nb.manifest import FINDINGS
 
 
 def results_table(explanations: Sequence[ImageExplanation]) -> pd.DataFrame:
-    """One row per image: status, the five probabilities (or the reason there are none), warnings."""
+    """One row per image: status, the five (calibrated) probabilities (or the reason there are none), whether the
+    film lies outside what the run knows, warnings."""
     rows = []
     for e in explanations:
         row = {"image": e.image_id, "status": e.status}
         if e.ok:
             row.update({f: round(float(p), 3) for f, p in zip(FINDINGS, e.probabilities, strict=True)})
-        row["note"] = e.reason or "; ".join(e.warnings)
+        row["outside"] = None if e.ood is None else bool(e.ood["flagged"])
+        row["note"] = e.reason or "; ".join([*([e.ood["why"]] if e.outside else []), *e.warnings])
         rows.append(row)
-    return pd.DataFrame(rows).reindex(columns=["image", "status", *FINDINGS, "note"])
+    return pd.DataFrame(rows).reindex(columns=["image", "status", *FINDINGS, "outside", "note"])
 
 
 def waterfall_figure(e: ImageExplanation, finding: int, n: int = 5, run: LoadedRun | None = None):

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from lanic_nb.attribute.core import Attribution
-from lanic_nb.explain.page import PAGE_CSS, neighbors_html, pattern_card
+from lanic_nb.explain.page import PAGE_CSS, neighbors_html, ood_banner, pattern_card
 from lanic_nb.explain.pipeline import Explainer, ImageExplanation, shown_patterns
 from lanic_nb.gallery.data import GalleryData
 from lanic_nb.gallery.widgets import ImageView
@@ -54,7 +54,7 @@ def gallery_data(explanations: Sequence[ImageExplanation], explainer: Explainer)
 def details_html(e: ImageExplanation, explainer: Explainer) -> str:
     """The page's pattern cards and nearest training images for one explanation (an HTML fragment)."""
     run, n = explainer.run, explainer.cfg.n_shown
-    warn = "".join(f"<p class='note'>Warning: {escape(w)}.</p>" for w in e.warnings)
+    warn = ood_banner(e) + "".join(f"<p class='note'>Warning: {escape(w)}.</p>" for w in e.warnings)
     cards = "".join(pattern_card(e, p, run) for p in shown_patterns(e, n))
     return (f"<div class='lanic-explain'><style>{scoped_css(PAGE_CSS, '.lanic-explain')}</style>{warn}"
             f"<h4>The patterns in the waterfalls</h4>{cards or '<p>No pattern is active.</p>'}"
@@ -97,7 +97,9 @@ class UploadApp:
         if e.ok:
             self.explanations.append(e)
             warn = f" ({len(e.warnings)} warning{'s' if len(e.warnings) > 1 else ''}, below)" if e.warnings else ""
-            self.status.value = f"<b>{escape(safe)}</b> explained{warn}."
+            outside = (f" <span style='color:#b02a37;font-weight:600'>Outside what the run knows: "
+                       f"{escape(e.ood['why'])}</span>" if e.outside else "")
+            self.status.value = f"<b>{escape(safe)}</b> explained{warn}.{outside}"
             self._refresh(select=len(self.explanations) - 1)
         else:
             self.status.value = f"<b>{escape(safe)}</b> was not explained ({e.status}): {escape(e.reason)}"

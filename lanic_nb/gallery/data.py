@@ -22,9 +22,12 @@ from PIL import Image
 
 from lanic_nb.artifacts import load_pattern_table, load_split
 from lanic_nb.attribute.core import Attribution, attribute
+from lanic_nb.attribute.ood import SCORES_FILE, OODReference
+from lanic_nb.classify.calibrate import Calibration, load_calibration
 from lanic_nb.embed.store import EmbeddingStore
 from lanic_nb.explain.text import explain_prediction, pattern_info, top_evidence
 from lanic_nb.images import ImageReadError, load_image
+from lanic_nb.io import read_table
 from lanic_nb.manifest import FINDINGS, resolve_image_path
 from lanic_nb.rundir import RunDir
 
@@ -42,6 +45,9 @@ class GalleryData:
     patterns: pd.DataFrame  # one row per pattern, pattern_id == column of the attribution
     sentences: pd.DataFrame  # columns image (0..n-1), text
     dataset: str  # the manifest's dataset name(s), e.g. "phantom"
+    calibration: Calibration | None = None  # the classifier's logit -> probability map (None: the raw sigmoid)
+    ood: pd.DataFrame | None = None  # notebook 06's out-of-distribution scores of these images (row-aligned)
+    ood_threshold: float | None = None  # the score above which a film is flagged
     _info: dict | None = field(default=None, repr=False)
 
     @property
@@ -50,7 +56,10 @@ class GalleryData:
 
     @property
     def probabilities(self) -> np.ndarray:
-        return torch.sigmoid(self.attribution.logits).numpy()  # (n, 5)
+        """(n, 5) calibrated probabilities (the logits' exact decomposition is unchanged by calibration)."""
+        if self.calibration is None:
+            return torch.sigmoid(self.attribution.logits).numpy()
+        return self.calibration.probabilities(self.attribution.logits.numpy())
 
     @property
     def is_phantom(self) -> bool:
@@ -87,6 +96,8 @@ class GalleryData:
             patterns=load_pattern_table(rd.patterns, ps),
             sentences=sentences,
             dataset=",".join(sorted(set(sub["dataset"].astype(str)))),
+            calibration=load_calibration(rd.classifier),
+            **_ood_of(rd, sub["image_id"].astype(str).to_numpy()),
         )
 
 
@@ -154,6 +165,25 @@ def _fig_png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def _ood_of(rd: RunDir, image_ids: np.ndarray) -> dict:
+    """The out-of-distribution scores notebook 06 wrote for these images, and its threshold (empty: none)."""
+    ref = OODReference.load(rd.attribution) if (rd.root / "attribution").is_dir() else None
+    path = rd.root / "attribution" / SCORES_FILE
+    if ref is None or not path.exists():
+        return {}
+    scores = read_table(path)
+    scores = scores[~scores.split.eq("val")].drop_duplicates("image_id").set_index("image_id")
+    return {"ood": scores.reindex(pd.Index(image_ids)).reset_index(), "ood_threshold": ref.threshold}
+
+
+def ood_png(data: GalleryData) -> bytes:
+    """The distribution of these films' out-of-distribution scores and the flagging threshold (PNG)."""
+    from lanic_nb.attribute.views import plot_ood_scores
+
+    return _fig_png(plot_ood_scores(data.ood.dropna(subset=["score"]).assign(split="these films"),
+                                    data.ood_threshold))
 
 
 def histogram_png(data: GalleryData, pattern: int) -> bytes:

@@ -25,6 +25,7 @@ from lanic_nb.gallery.data import (
     describe_pattern,
     explanation,
     histogram_png,
+    ood_png,
     ranked_patterns,
     thumbnail_png,
     top_images,
@@ -42,7 +43,7 @@ body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1200px;color:#222}
 h1{font-size:1.5em} h2{border-bottom:2px solid #ccc;padding-bottom:.2em;margin-top:1.5em}
 .card{border:1px solid #ddd;border-radius:6px;padding:.8em;margin:.8em 0;background:#fafafa}
 .grid{display:flex;flex-wrap:wrap;gap:4px} .grid figure{margin:0;text-align:center;font-size:10px}
-.thumb{width:80px;height:80px;object-fit:contain;background:#000}
+.thumb{width:80px;height:80px;object-fit:contain;background:#000} .wide{max-width:620px;display:block}
 .big{width:160px;height:160px;object-fit:contain;background:#000;display:block;margin-bottom:.5em}
 .row{display:flex;gap:1.2em;align-items:flex-start} .left{flex:0 0 auto} .right{flex:1 1 auto}
 summary{cursor:pointer;font-size:14px;margin:.2em 0}
@@ -85,6 +86,9 @@ def image_card(data: GalleryData, i: int, n_top: int = 5) -> tuple[str, set[int]
              f"<h3>{escape(str(data.image_ids[i]))}</h3><div class='row'><div class='left'>",
              _img(thumbnail_png(str(data.image_paths[i]), 160), "big", data.image_ids[i]),
              probabilities_html(data, i), "</div><div class='right'>"]
+    if data.ood is not None and bool(data.ood.flagged.iloc[i]):
+        parts.insert(2, "<p class='note'>Outside what the run knows: its probabilities and patterns are not "
+                        "evidence about this film (notebook 06's out-of-distribution check).</p>")
     for c, f in enumerate(FINDINGS):
         terms = waterfall_terms(data, i, c, n_top)
         scale = max(float(np.abs(terms["value"]).max()), 1e-9)
@@ -118,6 +122,16 @@ def pattern_card(data: GalleryData, p: int, n_images: int = 8) -> str:
             f"<h3>Pattern {p} &middot; {escape(cat)} &middot; {escape(names)}</h3>"
             f"<div class='row'><div class='grid'>{figs}</div>{_img(histogram_png(data, p), 'hist', f'histogram {p}')}"
             f"</div>{pattern_info_html(data, p)}</div>")
+
+
+def ood_section(data: GalleryData) -> str:
+    """How unusual the films are: the distribution of their out-of-distribution scores (empty without one)."""
+    if data.ood is None:
+        return ""
+    flagged = int(data.ood.flagged.fillna(False).astype(bool).sum())
+    return (f"<h2 id='ood'>How unusual are these films?</h2><p>Out-of-distribution scores of the {data.n_images} "
+            f"films (notebook 06): {flagged} lie beyond the threshold, outside what the run knows.</p>"
+            f"{_img(ood_png(data), 'wide', 'out-of-distribution scores')}")
 
 
 def render_html(data: GalleryData, n_images: int = 12, n_patterns: int = 30, n_top: int = 5,
@@ -155,7 +169,7 @@ def render_html(data: GalleryData, n_images: int = 12, n_patterns: int = 30, n_t
             f"<p>Dataset: {escape(data.dataset)}; {len(chosen)} of {data.n_images} explained images shown; "
             "each logit = sum of pattern contributions + unassigned latents + bias + "
             "reconstruction error (exactly).</p>"
-            f"<h2 id='images'>Per-image explanations</h2>{''.join(cards)}"
+            f"{ood_section(data)}<h2 id='images'>Per-image explanations</h2>{''.join(cards)}"
             f"<h2 id='patterns'>Pattern galleries</h2><p class='nav'>Patterns: {nav}</p>{''.join(pcards)}"
             f"<div id='render-check'>not rendered</div><script>{_SCRIPT}</script></body></html>")
 

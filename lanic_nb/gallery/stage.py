@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lanic_nb.artifacts import require_inputs
+from lanic_nb.artifacts import stage_function
 from lanic_nb.checks import check_selection, require_at_least_one
 from lanic_nb.device import pick_device
 from lanic_nb.gallery.data import GalleryData
@@ -55,6 +55,7 @@ class GalleryResult:
     metrics: dict = field(default_factory=dict)  # as recorded in metrics/07_gallery.json
 
 
+@stage_function("07_gallery")
 def run_gallery(run_dir: str | Path, config: GalleryConfig | None = None) -> GalleryResult:
     """Compute the galleries' data for ``config.split``, export ``gallery.html`` and record its metrics.
 
@@ -62,7 +63,6 @@ def run_gallery(run_dir: str | Path, config: GalleryConfig | None = None) -> Gal
     ``allow_patient_data`` is False.
     """
     cfg = config or GalleryConfig()
-    require_inputs(run_dir, "07_gallery")
     rd = RunDir(Path(run_dir))
     data = GalleryData.from_run(rd.root, split=cfg.split, max_images=cfg.max_images, device=pick_device(cfg.device))
     out = export_html(rd.root, rd.root / "gallery.html", allow_patient_data=cfg.allow_patient_data, data=data,

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lanic_nb.artifacts import StageInputs, load_stage_inputs, require_inputs
+from lanic_nb.artifacts import StageInputs, load_stage_inputs, stage_function
 from lanic_nb.checks import require_at_least_one
 from lanic_nb.classify.model import hidden_targets
 from lanic_nb.concepts.annotate import AnnotationConfig
@@ -103,10 +103,10 @@ def unit_activations(
     }
 
 
+@stage_function("08_mammi")
 def run_mammi(run_dir: str | Path, config: MammiConfig | None = None) -> MammiResult:
     """Train the CNN, name the units of the three sets three ways, evaluate on the phantom; write ``mammi/``."""
     cfg = config or MammiConfig()
-    require_inputs(run_dir, "08_mammi")
     rd = RunDir(Path(run_dir))
     dev = pick_device(cfg.device)
     inp = load_stage_inputs(rd.root, dev)

@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.manifold import trustworthiness as sk_trustworthiness
 
-from lanic_nb.artifacts import load_pattern_table, require_inputs
+from lanic_nb.artifacts import load_pattern_table, stage_function
 from lanic_nb.checks import require_at_least_one
 from lanic_nb.embed.store import load_embedded
 from lanic_nb.io import write_figure, write_table
@@ -96,6 +96,7 @@ class MapsResult:
         return self.image_coords[["x", "y"]].to_numpy()
 
 
+@stage_function("05_maps")
 def run_maps(run_dir: str | Path, config: MapsConfig | None = None) -> MapsResult:
     """Map the run's patterns (decoder directions) and images (embeddings) with UMAP.
 
@@ -103,7 +104,6 @@ def run_maps(run_dir: str | Path, config: MapsConfig | None = None) -> MapsResul
     PNG, coordinates table and HTML page of each map, and metrics/05_maps.json.
     """
     cfg = config or MapsConfig()
-    require_inputs(run_dir, "05_maps")
     rd = RunDir(Path(run_dir))
     out = rd.patterns / "maps"
     ps = PatternSet.load(rd.patterns)

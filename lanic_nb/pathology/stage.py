@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lanic_nb.artifacts import stage_function
 from lanic_nb.device import pick_device, seed_everything
 from lanic_nb.evaluation import load_tile_truth
 from lanic_nb.io import write_table
@@ -123,6 +124,7 @@ def visium_round_trip(folder: Path, tiles: np.ndarray, obs: pd.DataFrame, counts
     return adata, float(np.abs(spots.astype(int) - tiles[s].astype(int)).mean())
 
 
+@stage_function("09_pathology")
 def run_pathology(run_dir: str | Path, config: PathologyConfig | None = None) -> PathologyResult:
     """The whole pathology study on the phantom; see the module docstring for what it writes."""
     cfg = config or PathologyConfig()

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lanic_nb.artifacts import PATTERN_TABLE, load_stage_inputs, merge_features, require_inputs
+from lanic_nb.artifacts import PATTERN_TABLE, load_stage_inputs, merge_features, stage_function
 from lanic_nb.checks import require_at_least_one
 from lanic_nb.classify.model import hidden_targets
 from lanic_nb.concepts.annotate import AnnotationConfig, annotate_units, finding_groups
@@ -127,10 +127,10 @@ class PatternsResult:
                              for name, p in self.purity.items()])
 
 
+@stage_function("04_patterns")
 def run_patterns(run_dir: str | Path, config: PatternsConfig | None = None) -> PatternsResult:
     """Merge, describe, name and (on the phantom) evaluate the patterns of a run; write ``patterns/``."""
     cfg = config or PatternsConfig()
-    require_inputs(run_dir, "04_patterns")
     rd = RunDir(Path(run_dir))
     dev = pick_device(cfg.device)
     inp = load_stage_inputs(rd.root, dev)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lanic_nb.artifacts import load_stage_data, require_inputs, save_input_decoder
+from lanic_nb.artifacts import load_stage_data, save_input_decoder, stage_function
 from lanic_nb.classify.model import hidden_targets, load_classifier
 from lanic_nb.device import pick_device, seed_everything
 from lanic_nb.io import write_table
@@ -50,10 +50,10 @@ class TranscodersResult:
     """What ``metrics/03_transcoders.json`` records."""
 
 
+@stage_function("03_transcoders")
 def run_transcoders(run_dir: str | Path, config: TranscodersConfig | None = None) -> TranscodersResult:
     """The transcoder stage: train, evaluate and write the ensemble, then record its summary figures."""
     cfg = config or TranscodersConfig()
-    require_inputs(run_dir, "03_transcoders")
     seed_everything(cfg.transcoder.seed)
     device = pick_device(cfg.device)
     t0 = time.perf_counter()

@@ -40,7 +40,7 @@ from lanic_nb.settings import stage_config
 
 METRIC_KEYS = {"n_images", "n_patterns", "identity_max_error", "patterns_for_90", "deletion_k", "deletion_ratio",
                "deletion_ratio_min", "shortcut", "shortcut_share", "shortcut_named", "shortcut_category_correct",
-               "evidence"}
+               "evidence", "ood"}
 ARTIFACTS = ("contributions.parquet", "summary.parquet", "patterns_for_90.parquet", "patterns_for_90.png",
              "deletion.parquet", "insertion.parquet", "insertion.png", "evidence.parquet")
 

@@ -272,5 +272,5 @@ def test_notebook_09_shows_the_stage_it_runs(stage_run, tmp_path):
     assert len(pngs) == 3  # tile grid, morphology heat map, tile map
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
-    written = {p.relative_to(run).parts[0] for p in run.iterdir()}
-    assert written == {"pathology", "metrics", "logs", "notebooks"}
+    written = {p.relative_to(run).parts[0] for p in run.iterdir() if not p.name.startswith(".")}  # not the lock
+    assert written == {"pathology", "metrics", "logs", "notebooks", "stages"}
