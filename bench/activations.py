@@ -4,7 +4,7 @@ product and re-ranked in float32 where that pays) against the dense reference it
 (n_members, rows, d_dict) codes, permuted and summed into patterns), and against the same sparse path in
 float32, all in one run on the same ensemble and rows. Medians of 3 timed runs after a warm-up.
 
-    .venv/bin/python bench/activations.py                    # MIMIC widths: 20 members x 4,096 latents, d 512
+    .venv/bin/python bench/activations.py       # MIMIC widths: 20 x 4,096 latents, d 512; ~2 min on 2 cores
     .venv/bin/python bench/activations.py --members 4 --rows 1024
 """
 

@@ -1,6 +1,6 @@
 """Embedding-stage throughput: the full stage (decode + preprocess + forward) vs the bare model forward.
 
-    .venv/bin/python bench/embed.py [--n 512] [--batch-size 128] [--workers 2] [--device auto]
+    .venv/bin/python bench/embed.py [--n 384] [--batch-size 128] [--workers 2] [--device auto]  # ~6 min on 2 cores
 
 Measured for the demo's small CLIP and for a ViT-B/16-sized image tower (BiomedCLIP's size), both
 untrained (speed does not depend on the weights), on phantom images (224 px PNGs) in the same run. The full

@@ -9,7 +9,7 @@
 (c) a MIMIC-sized input (377,110 x 512, N=100, d_dict 4096, k=32, batch 256): samples/s on a subsample and
     the projected seconds per epoch (an epoch: every member sees every row once).
 
-    .venv/bin/python bench/ensemble.py                 # about 2-3 minutes on 2 CPU cores
+    .venv/bin/python bench/ensemble.py                 # about 8 minutes on 2 CPU cores
     .venv/bin/python bench/ensemble.py --device cuda   # adds nothing else; same figures on a GPU
 """
 

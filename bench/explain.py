@@ -1,6 +1,6 @@
 """Explaining new images after the run is loaded: one image, then 100, vs the bare embedding forward of the same.
 
-    .venv/bin/python bench/explain.py [--n 100] [--archs small vit-b16] [--device auto] [--run RUN_DIR]
+    .venv/bin/python bench/explain.py [--n 100] [--archs phantom small] [--device auto] [--run RUN_DIR]  # ~1 min
 
 Without ``--run`` a run with the demo's shapes is built in a temporary folder for each encoder size (speed
 does not depend on the weights, so nothing is trained): phantom images at 224 px, an untrained encoder

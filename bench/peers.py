@@ -19,8 +19,13 @@ variance of the target on 1,024 held-out rows, mean over members, after equal st
 time (each peer retrained from its same init for the steps it completes in lanic-nb's time for the run).
 lanic-nb also runs as a transcoder (d_in != d_out, target relu(A x + c)), a task the peers' loops do not share.
 
-    .venv/bin/python bench/peers.py                      # demo and MIMIC shapes, about 10 minutes on 2 cores
+    .venv/bin/python bench/peers.py                      # demo and MIMIC shapes, about 6 minutes on 2 cores
     .venv/bin/python bench/peers.py --shapes tiny        # seconds: the same code path, for a smoke test
+
+The bfloat16 rows (lanic-nb's bfloat16 encoder product, the peers under bfloat16 autocast) run only where the
+hardware multiplies bfloat16 natively (a GPU, or a CPU with AVX512-BF16 or AMX: about one minute more there);
+elsewhere bfloat16 is emulated at a few GFLOP/s and would take hours, so they are left out and the output says so
+(``--bf16`` runs them anyway).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import torch.nn.functional as F
 
 from lanic_nb.device import keep_freed_memory, machine_line, pick_device
 from lanic_nb.transcoder.config import TranscoderConfig
+from lanic_nb.transcoder.inference import low_precision_ok
 from lanic_nb.transcoder.model import TranscoderEnsemble
 from lanic_nb.transcoder.train import make_optimizer, rows_of, train_step
 
@@ -366,9 +372,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0, help="override the steps for every shape (0: the shape's own)")
     ap.add_argument("--verbose", action="store_true", help="print every timed chunk to stderr as it ends")
     ap.add_argument("--no-bf16", action="store_true", help="leave out the bfloat16 rows (ours and the peers' autocast)")
+    ap.add_argument("--bf16", action="store_true", help="run the bfloat16 rows even where bfloat16 is not native "
+                    "(hours on such a CPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    if not args.no_bf16 and not args.bf16 and not low_precision_ok(device):
+        print(f"bfloat16 rows left out: {device} does not multiply bfloat16 natively (--bf16 runs them anyway)",
+              flush=True)
+        args.no_bf16 = True
     t_start = time.perf_counter()
     # One allocator setting for every library in this process, as train_ensemble sets it for lanic-nb's runs.
     kept = keep_freed_memory()

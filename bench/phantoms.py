@@ -2,13 +2,13 @@
 (image + report + labels + PNG), against a baseline measured in the same run (drawing only the sensor
 noise of an empty image and PNG-encoding it).
 
-    .venv/bin/python bench/phantoms.py [n_images]
+    .venv/bin/python bench/phantoms.py [n_images]     # under 1 minute on 2 cores (300 images)
 """
 
 from __future__ import annotations
 
+import argparse
 import io
-import sys
 import tempfile
 import time
 
@@ -62,7 +62,9 @@ def baseline(size: int, n: int) -> float:
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("n_images", type=int, nargs="?", default=300)
+    n = ap.parse_args().n_images
     cfg = PhantomConfig(n_images=n, image_size=224)
     full(cfg, 10)  # warm caches (grids, font)
     ips, draw, base, ds = full(cfg, n), drawing_only(cfg, n), baseline(224, n), dataset(cfg)

@@ -5,7 +5,7 @@ The same line then times the demo's BatchTopK step (50 members x 128 rows x 256 
 the batch threshold, the per-row choices and the sort of the choices by latent, each against the torch call it
 replaced, on the same tensors.
 
-    .venv/bin/python bench/topk.py
+    .venv/bin/python bench/topk.py          # under 1 minute on 2 cores
 """
 
 from __future__ import annotations

@@ -33,7 +33,16 @@ from lanic_nb.io import read_json, read_table, read_tensors, stray_temp_files, w
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.patterns.merge import PatternSet
 from lanic_nb.rundir import RunDir, load_metrics, run_lock
-from lanic_nb.stages import STAGES, stage, upstream
+from lanic_nb.stages import (  # noqa: F401  (the stages' state, re-exported: artifacts is where users look)
+    STAGE_STATE,
+    STAGES,
+    interrupted,
+    missing_stages,
+    running_marker,
+    stage,
+    stage_record,
+    upstream,
+)
 from lanic_nb.transcoder.model import TranscoderEnsemble
 
 log = logging.getLogger(__name__)
@@ -47,33 +56,8 @@ beside the saved x -> h transcoder under ``transcoders/``, read by the pattern m
 
 # ------------------------------------------------------------------------------------------ stages' state
 
-STAGE_STATE = "stages"
-"""Folder of the run holding ``<stage>.running`` while a stage writes and ``<stage>.json`` once it finished."""
-
-
 class MissingInputs(FileNotFoundError):
     """A stage ran before the stages whose outputs it reads; the message names them and the command to run."""
-
-
-def running_marker(run_dir: str | Path, name: str) -> Path:
-    """Present while stage ``name`` writes (and after it was killed): its files may be half-written."""
-    return Path(run_dir) / STAGE_STATE / f"{name}.running"
-
-
-def stage_record(run_dir: str | Path, name: str) -> Path:
-    """Written when stage ``name`` finished: when, in how long, with which settings."""
-    return Path(run_dir) / STAGE_STATE / f"{name}.json"
-
-
-def interrupted(run_dir: str | Path, name: str) -> bool:
-    """Whether stage ``name`` started writing and did not finish (killed, or stopped by an error)."""
-    return running_marker(run_dir, name).exists()
-
-
-def missing_stages(run_dir: str | Path, names: list[str]) -> list[str]:
-    """The stages among ``names`` whose outputs are not (all) in the run directory, or that were interrupted."""
-    root = Path(run_dir)
-    return [n for n in names if interrupted(root, n) or not all((root / f).exists() for f in STAGES[n].outputs)]
 
 
 def require_inputs(run_dir: str | Path, name: str) -> None:
@@ -104,10 +88,12 @@ def writing_stage(run_dir: str | Path, name: str, config=None) -> Iterator[None]
     Later stages (``require_inputs``) and ``Run`` treat a stage whose ``.running`` marker remains (a killed or
     failed run) as not finished, so nothing reads its half-written files; rerunning the stage finishes it.
     """
-    from lanic_nb.settings import to_dict  # settings read the stage table, which names this module's users
+    from lanic_nb.fingerprint import stage_fingerprint  # both read the stage table, which names this module's users
+    from lanic_nb.settings import to_dict
 
     root = Path(run_dir)
     with run_lock(root, name):
+        fingerprint = stage_fingerprint(root, name, config) if config is not None else None
         marker, record = running_marker(root, name), stage_record(root, name)
         marker.parent.mkdir(parents=True, exist_ok=True)
         record.unlink(missing_ok=True)
@@ -119,7 +105,7 @@ def writing_stage(run_dir: str | Path, name: str, config=None) -> Iterator[None]
         yield
         write_json(record, {"stage": name, "seconds": round(time.perf_counter() - t0, 1),
                             "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-                            "config": to_dict(config) if config is not None else None})
+                            "fingerprint": fingerprint, "config": to_dict(config) if config is not None else None})
         marker.unlink()
 
 

@@ -28,9 +28,11 @@ from pathlib import Path
 
 import nbformat
 
+from lanic_nb.fingerprint import stale_stages
 from lanic_nb.io import atomic_path
 from lanic_nb.rundir import RunLocked, run_lock
 from lanic_nb.settings import PARAMS_DIR, SettingError, check_params, params_path  # noqa: F401 (PARAMS_DIR re-exported)
+from lanic_nb.stages import STAGES, upstream
 
 log = logging.getLogger("lanic_nb.run_notebooks")
 
@@ -186,9 +188,11 @@ def chosen_notebooks(only: list[str] | None = None) -> list[Path]:
     return chosen
 
 
-def run_all(run_dir: Path, params: str = "demo", only: list[str] | None = None, stream: bool = True
-            ) -> dict[str, float]:
-    """Check every chosen notebook's settings, then run the notebooks in order; returns ``{notebook: seconds}``."""
+def run_all(run_dir: Path, params: str = "demo", only: list[str] | None = None, stream: bool = True,
+            force: bool = False) -> dict[str, float]:
+    """Check every chosen notebook's settings, then run in order the notebooks whose stage is not current (its
+    fingerprint: settings, code, inputs; ``lanic_nb.fingerprint``), or all of them with ``force``; returns
+    ``{notebook: seconds}`` of those that ran."""
     chosen = chosen_notebooks(only)
     check_params(params, [nb.stem for nb in chosen])  # a misspelled setting fails before the first notebook
     times: dict[str, float] = {}
@@ -197,6 +201,10 @@ def run_all(run_dir: Path, params: str = "demo", only: list[str] | None = None, 
     with run_lock(run_dir, f"run_notebooks ({', '.join(nb.stem for nb in chosen)})"):
         for i, nb in enumerate(chosen, 1):
             tag = f"[{i}/{len(chosen)} {nb.stem}]"
+            if nb.stem in STAGES and nb.stem not in stale_stages(run_dir, [nb.stem], params, force) \
+                    and not any(r in times for r in upstream(nb.stem)):
+                log.info("%s unchanged (settings, code and inputs as when it last ran): skipped", tag)
+                continue
             log.info("%s running (params %s) ...", tag, Path(params).name if Path(params).suffix else params)
             t0 = time.perf_counter()
             run_notebook(nb, run_dir, params, stream=stream, tag=tag)
@@ -210,12 +218,17 @@ def _fmt(seconds: float) -> str:
 
 
 def record_run(run_dir: Path, params: str, times: dict[str, float]) -> dict:
-    """Write ``metrics/run.json``: per-notebook seconds, total, and the machine they were measured on."""
+    """Write ``metrics/run.json``: per-notebook seconds, total, and the machine they were measured on.
+
+    Seconds of notebooks that did not run this time are kept from the previous record; the machine reading is
+    this run's (a run where nothing ran leaves the record as it was)."""
     from lanic_nb.device import machine_line, matmul_gflops
     from lanic_nb.rundir import RunDir, load_metrics, record_metrics
 
-    gflops = matmul_gflops()
     previous = load_metrics(run_dir, "run") if RunDir(Path(run_dir)).metrics_file("run").exists() else {}
+    if not times and previous:
+        return previous  # nothing ran: the recorded times keep the machine reading they were measured with
+    gflops = matmul_gflops()
     seconds = {**previous.get("seconds", {}), **{k: round(v, 1) for k, v in times.items()}}
     summary = {
         "params": params,
@@ -258,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                     "stage's settings; wins over --size")
     ap.add_argument("--only", nargs="*", help="notebook name prefixes to run (default: all)")
     ap.add_argument("--quiet", action="store_true", help="no cell progress or kernel output while running")
+    ap.add_argument("--force", action="store_true", help="rerun every chosen notebook, even those whose stage is "
+                    "unchanged since it last ran")
     ap.add_argument("--strip", nargs="*", type=Path, help="strip outputs of these notebooks and exit")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
@@ -273,15 +288,22 @@ def main(argv: list[str] | None = None) -> int:
         log.error("error: %s", e)
         return 2
     try:
-        times = run_all(args.run_dir, params, args.only, stream=not args.quiet)
+        times = run_all(args.run_dir, params, args.only, stream=not args.quiet, force=args.force)
     except RunLocked as e:
         log.error("error: %s", e)
         return 2
     summary = record_run(args.run_dir, params, times)
     log.info("\nResults are in %s/ (executed notebooks in notebooks/, key figures in metrics/).", args.run_dir)
+    skipped = len(chosen_notebooks(args.only)) - len(times)
+    if skipped:
+        log.info("  %d notebook%s unchanged since they last ran, not rerun (--force reruns them)", skipped,
+                 "s" if skipped > 1 else "")
     for name, sec in times.items():
         log.info("  %-16s %8s", name, _fmt(sec))
-    log.info("  %-16s %8s   (%s)", "total", _fmt(sum(times.values())), summary["machine"])
+    if times:
+        log.info("  %-16s %8s   (%s)", "total", _fmt(sum(times.values())), summary["machine"])
+    elif summary:
+        log.info("  as recorded when they ran: %s in all (%s)", _fmt(summary["total_seconds"]), summary["machine"])
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -117,3 +118,30 @@ def upstream(name: str) -> list[str]:
 def downstream(name: str) -> list[str]:
     """Every stage that reads ``name``'s outputs, directly or through others, in pipeline order."""
     return [s for s in STAGES if name in upstream(s)]
+
+
+# ------------------------------------------------------------------------------------------ stages' state in a run
+
+STAGE_STATE = "stages"
+"""Folder of the run holding ``<stage>.running`` while a stage writes and ``<stage>.json`` once it finished."""
+
+
+def running_marker(run_dir: str | Path, name: str) -> Path:
+    """Present while stage ``name`` writes (and after it was killed): its files may be half-written."""
+    return Path(run_dir) / STAGE_STATE / f"{name}.running"
+
+
+def stage_record(run_dir: str | Path, name: str) -> Path:
+    """Written when stage ``name`` finished: when, in how long, with which settings."""
+    return Path(run_dir) / STAGE_STATE / f"{name}.json"
+
+
+def interrupted(run_dir: str | Path, name: str) -> bool:
+    """Whether stage ``name`` started writing and did not finish (killed, or stopped by an error)."""
+    return running_marker(run_dir, name).exists()
+
+
+def missing_stages(run_dir: str | Path, names: list[str]) -> list[str]:
+    """The stages among ``names`` whose outputs are not (all) in the run directory, or that were interrupted."""
+    root = Path(run_dir)
+    return [n for n in names if interrupted(root, n) or not all((root / f).exists() for f in STAGES[n].outputs)]

@@ -1,14 +1,19 @@
 """bench/gpu.py (prepared for a GPU) runs end to end on the CPU when asked, tiny and without the peers' libraries
 (the tests never import those), and claims no GPU figure; bench/activations.py runs tiny and matches its dense
-reference; bench/topk.py chooses what torch.topk chooses."""
+reference; bench/topk.py chooses what torch.topk chooses; every benchmark says in its --help how long it takes."""
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
 
 
 def test_gpu_bench_runs_tiny_on_cpu():
@@ -39,3 +44,11 @@ def test_topk_bench_runs_and_agrees_with_torch():
     line = r.stdout.strip().splitlines()[-1]
     assert line.startswith("top-k choice") and "torch.topk" in line and "same choices True" in line
     assert "BatchTopK step" in line and "same results True" in line
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py") if p.name != "scale_data.py"))
+def test_every_benchmark_states_its_expected_time_in_its_help(script):
+    doc = ast.get_docstring(ast.parse((BENCH / script).read_text())) or ""
+    says_time = re.search(r"\b(\d+|a|one)(-\d+)? ?(minutes?|min|hours?)\b|under \d+ minutes?", doc)
+    assert says_time or script == "record.py", f"bench/{script}: its --help omits its time"
+    assert "description=__doc__" in (BENCH / script).read_text() or script == "record.py"
