@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 _WHERE = {
     "MissingInputs": "lanic_nb.artifacts", "Run": "lanic_nb.artifacts", "load_pattern_table": "lanic_nb.artifacts",
     "Attribution": "lanic_nb.attribute.core", "attribute": "lanic_nb.attribute.core",
-    "evidence_shares": "lanic_nb.attribute.evidence",
+    "evidence_shares": "lanic_nb.attribute.evidence", "reliance_table": "lanic_nb.attribute.reliance",
     "deletion_test": "lanic_nb.attribute.faithfulness", "insertion_curves": "lanic_nb.attribute.faithfulness",
     "AttributionConfig": "lanic_nb.attribute.stage", "run_attribution": "lanic_nb.attribute.stage",
     "ClassifierConfig": "lanic_nb.classify.model",
@@ -86,7 +86,7 @@ __all__ = [
     "EvaluationConfig", "load_pattern_table",
     "run_maps", "MapsConfig",
     "run_attribution", "AttributionConfig", "Attribution", "attribute", "deletion_test", "insertion_curves",
-    "evidence_shares",
+    "evidence_shares", "reliance_table",
     "run_gallery", "GalleryConfig",
     "run_explain", "ExplainConfig", "open_explainer", "explain_paths",
     "run_mammi", "MammiConfig",
@@ -112,6 +112,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from lanic_nb.attribute.core import Attribution, attribute
     from lanic_nb.attribute.evidence import evidence_shares
     from lanic_nb.attribute.faithfulness import deletion_test, insertion_curves
+    from lanic_nb.attribute.reliance import reliance_table
     from lanic_nb.attribute.stage import AttributionConfig, run_attribution
     from lanic_nb.classify.model import (
         ClassifierConfig,

@@ -122,6 +122,9 @@ def headline(m: dict[str, dict]) -> dict[str, str]:
     p90 = [v.get("median") for v in (p6.get("patterns_for_90") or {}).values()]
     named = ("" if not shortcut else f"{'yes' if p6.get('shortcut_named') else 'no'}: "
              f"'{shortcut.get('pattern_name', '')}' ({shortcut.get('concept', '')} on {shortcut.get('finding', '')})")
+    lean = shortcut.get("reliance") or {}
+    leans = ("" if not lean else f"{lean.get('confounder_rank', '')}"
+             f"{', flagged' if lean.get('flagged') else ''} ({lean.get('reliance', float('nan')):.2f} logit)")
     return {
         "machine": _get(m, "run.machine", ""),
         "notebooks' time, min (notebooks timed)": _notebooks_time(m),
@@ -141,6 +144,8 @@ def headline(m: dict[str, dict]) -> dict[str, str]:
             f"({f('04_patterns.n_gallery_pure', '{:.0f}')})",
         "shortcut named": named,
         "shortcut in the top 5 on the finding's films": f("06_attribution.shortcut_share"),
+        "shortcut's rank by reliance among its finding's device/artifact patterns": leans,
+        "findings with a device/artifact pattern flagged (of 5)": f("06_attribution.reliance_flagged", "{:.0f}"),
         "decomposition: max relative error": f("06_attribution.identity_max_error", "{:.1e}"),
         "patterns for 90% of a logit (median)": "" if not p90 else f"{sorted(p90)[len(p90) // 2]:.0f}",
         "deletion: top-5 vs random (worst finding)": f("06_attribution.deletion_ratio_min", "{:.1f}x"),

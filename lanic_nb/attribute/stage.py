@@ -4,7 +4,8 @@ Reads ``classifier/``, ``transcoders/``, ``patterns/`` and the embedding store; 
 ``contributions.parquet`` (top contributions per image and finding), ``summary.parquet`` (the four terms
 per image and finding), ``evidence.parquet`` (per finding, how much evidence comes from device/artifact patterns
 and how much from the finding's own concept), ``patterns_for_90.parquet`` / ``.png``, ``deletion.parquet``,
-``insertion.parquet`` / ``.png``, and ``metrics/06_attribution.json``.
+``insertion.parquet`` / ``.png``, ``reliance.parquet`` / ``.png`` (what each finding leans on: ``attribute.reliance``),
+and ``metrics/06_attribution.json``.
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ from lanic_nb.attribute.ood import (
     pool_rows,
     unexplained_share,
 )
+from lanic_nb.attribute.reliance import leans_on, reliance_table
 from lanic_nb.attribute.shortcut import shortcut_check
-from lanic_nb.attribute.views import plot_insertion, plot_mass_distribution
+from lanic_nb.attribute.views import plot_insertion, plot_mass_distribution, plot_reliance
 from lanic_nb.checks import check_selection, require_at_least_one
 from lanic_nb.device import pick_device
 from lanic_nb.embed.store import load_embedded
 from lanic_nb.images import image_properties, sanity_problems
 from lanic_nb.io import write_figure, write_table
-from lanic_nb.manifest import resolve_image_path
+from lanic_nb.manifest import FINDINGS, resolve_image_path
 from lanic_nb.rundir import RunDir, record_metrics
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,12 @@ class AttributionConfig:
     ood_alpha: float = 0.01
     """Out-of-distribution check: flag a film whose p-value against the validation films is below this, in
     (0, 1): the false-alarm rate on films like them (``attribute.ood``). Default: 1%, a convention."""
+    reliance_boot: int = 200
+    """Bootstrap resamples of the films behind each reliance band (``attribute.reliance``). Default: engineering
+    (bands stable to about 0.01 logit on the demo)."""
+    reliance_level: float = 0.95
+    """Coverage of the reliance bands; a device or artifact pattern is flagged when its band clears the runner-up's.
+    Default: 95%, a convention."""
     ood_pool: int = 5000
     """At most this many training films (evenly spaced) that the embedding distribution is fitted on. Default:
     engineering (enough for a shrunk covariance at BiomedCLIP's 512 dimensions)."""
@@ -89,7 +97,9 @@ class AttributionConfig:
         check_selection(self.split, self.max_images)
         if not 0 < self.mass <= 1:
             raise ValueError(f"mass must be in (0, 1], got {self.mass}")
-        require_at_least_one(self, ("k", "n_random", "top_table", "shortcut_top", "ood_pool"))
+        require_at_least_one(self, ("k", "n_random", "top_table", "shortcut_top", "ood_pool", "reliance_boot"))
+        if not 0 < self.reliance_level < 1:
+            raise ValueError(f"reliance_level must be in (0, 1), got {self.reliance_level}")
         if not 0 < self.ood_alpha < 1:
             raise ValueError(f"ood_alpha must be in (0, 1), got {self.ood_alpha}")
         ks = list(self.insertion_ks)
@@ -114,6 +124,7 @@ class AttributionResult:
     insertion: pd.DataFrame  # insertion.parquet
     shortcut: dict | None  # the phantom's shortcut check (None: the run plants none)
     evidence: pd.DataFrame  # per finding: shares of positive evidence from confounders / its own concept
+    reliance: pd.DataFrame  # per (finding, pattern): the lift of the finding's logit on films without it
     ood: pd.DataFrame  # out-of-distribution scores of the validation and explained films (ood_scores.parquet)
     ood_reference: OODReference  # what new films are scored against (ood_reference.json)
     metrics: dict = field(default_factory=dict)  # as recorded in metrics/06_attribution.json
@@ -147,6 +158,10 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None
     table = load_pattern_table(rd.patterns, ps)
     shortcut = shortcut_check(rd.root, attr, image_ids, top=cfg.shortcut_top, patterns=table)
     evidence = evidence_shares(attr, table)
+    labels = run.manifest[list(FINDINGS)].to_numpy(np.float64)
+    reliance = reliance_table(attr, labels, table, n_boot=cfg.reliance_boot, level=cfg.reliance_level)
+    if shortcut is not None and shortcut.get("pattern") is not None:
+        shortcut["reliance"] = planted_reliance(reliance, shortcut["finding"], shortcut["pattern"])
     ood_ref, ood = score_split(rd, run, attr, cfg, dev)
 
     import matplotlib.pyplot as plt  # pyplot only when figures are drawn
@@ -159,10 +174,11 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None
     write_table(out / "deletion.parquet", deletion)
     write_table(out / "insertion.parquet", curves)
     write_table(out / "evidence.parquet", evidence)
+    write_table(out / "reliance.parquet", reliance)
     ood_ref.save(out)
     write_table(out / SCORES_FILE, ood)
     for name, fig in (("patterns_for_90.png", plot_mass_distribution(counts, cfg.mass)),
-                      ("insertion.png", plot_insertion(curves))):
+                      ("insertion.png", plot_insertion(curves)), ("reliance.png", plot_reliance(reliance))):
         write_figure(out / name, fig)
         plt.close(fig)
     metrics = {
@@ -181,6 +197,8 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None
         "evidence": {r.finding: {"confounder_share": r.confounder_share, "own_share": r.own_share,
                                  "n_images": r.n_images, "top_confounder": r.top_confounder}
                      for r in evidence.itertuples()},
+        "reliance": leans_on(reliance),
+        "reliance_flagged": int(reliance["flagged"].sum()),
         "ood": {"alpha": ood_ref.alpha, "n_val": len(ood_ref.distance_val),
                 "false_alarm_rate": float(ood[ood.split == cfg.split].flagged.mean()),
                 "flagged_val": float(ood[ood.split == "val"].flagged.mean())},
@@ -189,7 +207,19 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None
     return AttributionResult(attribution=attr, image_ids=image_ids, n_patterns=ps.n_patterns,
                              identity_error=identity_error, summary=summary, terms=term_sizes(summary),
                              counts=counts, mass_table=mass_table, deletion=deletion, insertion=curves,
-                             shortcut=shortcut, evidence=evidence, ood=ood, ood_reference=ood_ref, metrics=metrics)
+                             shortcut=shortcut, evidence=evidence, reliance=reliance, ood=ood, ood_reference=ood_ref,
+                             metrics=metrics)
+
+
+def planted_reliance(reliance: pd.DataFrame, finding: str, pattern: int) -> dict:
+    """Where the planted shortcut's pattern stands in its finding's reliance: its reliance and band, its rank among
+    the device and artifact patterns (0: the pattern is of another category) and whether it is flagged."""
+    row = reliance[(reliance["finding"] == finding) & (reliance["pattern"] == pattern)]
+    if row.empty:
+        return {}
+    r = row.iloc[0]
+    return {"reliance": float(r.reliance), "lo": float(r.lo), "hi": float(r.hi), "rank": int(r["rank"]),
+            "confounder_rank": int(r.confounder_rank), "flagged": bool(r.flagged)}
 
 
 def score_split(rd: RunDir, run, attr: Attribution, cfg: AttributionConfig, device) -> tuple[OODReference,

@@ -84,3 +84,28 @@ def plot_ood_scores(ood, threshold: float):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_reliance(reliance: pd.DataFrame, n: int = 3):
+    """One group of bars per finding: its ``n`` device or artifact patterns of largest reliance (the lift of the
+    finding's logit on films without it, with its band), the flagged one in red, the others grey."""
+    import matplotlib.pyplot as plt
+
+    conf = reliance[(reliance["confounder_rank"] >= 1) & (reliance["confounder_rank"] <= n)]
+    fig, ax = plt.subplots(figsize=(7.0, 0.3 * max(1, len(conf)) + 1.2))
+    ticks, labels, y = [], [], 0.0
+    for f in dict.fromkeys(conf["finding"]):
+        for r in conf[conf["finding"] == f].sort_values("confounder_rank").itertuples():
+            ax.barh(y, r.reliance, color="#d1495b" if r.flagged else "#9a9a9a",
+                    xerr=[[r.reliance - r.lo], [r.hi - r.reliance]], capsize=2)
+            ticks.append(y)
+            labels.append(f"{f}: pattern {r.pattern_id} ({r.name or 'unnamed'})")
+            y += 1
+        y += 0.6  # a gap between findings
+    ax.set_yticks(ticks, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_xlabel("reliance: lift of the finding's logit on films without it (logit units, 95% band)", fontsize=8)
+    ax.set_title("What each finding leans on (device and artifact patterns; red: stands out)", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -28,6 +28,37 @@ QUALIFIERS = set(
 )
 
 
+# Words that say where, or how generally, never what: the anatomy every film shows and report boilerplate. A mined
+# phrase made of these words alone ("lung", "heart", "cardiomediastinal silhouette", "osseous structures", "active
+# disease", "mid lung") names no concept of its own: ``extend_vocabulary`` keeps it out of the names (it may still
+# become a synonym of a curated concept that holds it, as "heart size"). Chosen on the Indiana University reports
+# and the phantom's; a real dataset's reports may need more (``not_a_name`` takes an extra list).
+ANATOMY = set(
+    """lung lungs heart cardiac silhouette mediastinum mediastinal cardiomediastinal cardio hilum hila hilar lobe lobes
+    chest thorax thoracic hemithorax aorta aortic arch base bases apex apices atrium ventricle artery arteries vein
+    veins vessel vessels body bone bones bony osseous skeletal abdomen abdominal joint vertebra vertebrae vertebral
+    vasculature vascularity vascular pulmonary cardiopulmonary pleural pleura space spaces airspace airspaces carina
+    svc vena cava superior inferior stomach zone zones midlung mid lymph quadrant midline junction contour contours
+    structure structures border borders margin margins region angle angles basilar bibasilar intrathoracic head neck
+    breast breasts segment disc discs endplate endplates valve fat nipple nipples sulcus fissure fissures diameter
+    caliber interstitial cavoatrial distal proximal tip""".split()
+)
+BOILERPLATE = set(
+    """disease diseases abnormality abnormalities process processes finding findings active assessment resolution
+    scan age patient negative lateral frontal appearance evaluation air radiographic visualized limit limits intact
+    projection note adjacent concern evaluate redemonstration differential diagnosis placement technical factors
+    pattern remote characterization""".split()
+)
+
+
+def not_a_name(phrase: str, extra: set[str] | frozenset[str] = frozenset()) -> bool:
+    """Whether a phrase says only where or how generally (``ANATOMY``, ``BOILERPLATE``, qualifiers, ``extra``),
+    never what: "cardiomediastinal silhouette", "active disease", "left lung" (but not "lung nodule")."""
+    words = normalize_name(phrase).split()
+    known = ANATOMY | BOILERPLATE | QUALIFIERS | set(extra)
+    return bool(words) and all(w in known or _singular(w) in known for w in words)
+
+
 def load_vocabulary(path: str | Path = VOCABULARY_CSV) -> pd.DataFrame:
     """The concept table: concept, category, synonyms (a list of strings)."""
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -96,12 +127,13 @@ def _contained_owner(key: str, owner: dict[str, int]) -> int | None:
 
 
 def extend_vocabulary(vocab: pd.DataFrame, phrases: pd.DataFrame, max_new: int = 200) -> pd.DataFrame:
-    """Add mined phrases (most frequent first) as new concepts, unless they name a known one.
+    """Add mined phrases (most frequent first) as new concepts, unless they name a known one or nothing at all.
 
     A phrase that is a known concept or synonym up to plurals, that ``match_concept`` maps to a known concept
     ("lung consolidation" -> consolidation), or that holds a known name ("apical pneumothorax"), becomes a
     synonym of that concept instead of a rival concept with the same meaning (which would split the concept's
-    score and make a right name count as wrong).
+    score and make a right name count as wrong). A phrase of anatomy and boilerplate alone (``not_a_name``: "lung",
+    "cardiomediastinal silhouette", "active disease") is never added: it would compete with what a pattern shows.
     """
     syns = [list(s) for s in vocab["synonyms"]]
     owner: dict[str, int] = {}
@@ -120,7 +152,7 @@ def extend_vocabulary(vocab: pd.DataFrame, phrases: pd.DataFrame, max_new: int =
             if phrase != vocab["concept"].iloc[i] and phrase not in syns[i]:
                 syns[i].append(phrase)
             continue
-        if key in owner or len(rows) >= max_new:
+        if key in owner or len(rows) >= max_new or not_a_name(phrase):
             continue
         owner[key] = -1  # a new concept: later variants of it are dropped, not added twice
         rows.append({"concept": phrase, "category": infer_category(phrase, vocab), "synonyms": [], "mined": True})

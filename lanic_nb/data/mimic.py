@@ -1,4 +1,4 @@
-"""MIMIC-CXR-JPG 2.x in its release layout, with the MIMIC-CXR reports (FINDINGS + IMPRESSION sections)."""
+"""MIMIC-CXR-JPG 2.x in its release layout, with the MIMIC-CXR reports (EXAMINATION, FINDINGS, IMPRESSION)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,10 @@ def read_mimic_cxr(
     ``mimic-cxr-2.0.0-split.csv`` (dicom_id, study_id, subject_id, split in train/validate/test).
     The official split is kept ("validate" -> "val"); images absent from it are dropped.
     Reports come from MIMIC-CXR (not -JPG): ``reports_root/files/pXX/pSUBJECT/sSTUDY.txt``; the manifest
-    keeps their FINDINGS + IMPRESSION sections (the whole text when neither header is present).
+    keeps their EXAMINATION line ("CHEST (PORTABLE AP)": how the film was taken, which the naming reads as the
+    phantom's "Portable AP chest radiograph.") and their FINDINGS and IMPRESSION sections, each on a line of its
+    own after its header, as the phantom's reports are written (the whole text when neither FINDINGS nor
+    IMPRESSION is present).
     """
     root = Path(root).resolve()
     troot = Path(tables_root).resolve() if tables_root else root
@@ -92,10 +95,14 @@ def report_sections(text: str) -> dict[str, str]:
     """Split a free-text report at its upper-case headers ("FINDINGS:", "IMPRESSION:", ...)."""
     marks = list(_SECTION.finditer(text))
     out = {}
-    for m, nxt in zip(marks, [*marks[1:], None], strict=True):
+    for m, nxt in zip(marks, [*marks[1:], None][: len(marks)], strict=True):
         body = text[m.end() : nxt.start() if nxt else len(text)]
         out[m.group(1).strip()] = " ".join(body.split())
     return out
+
+
+EXAMINATION_HEADERS = ("EXAMINATION", "EXAM", "TYPE OF EXAMINATION")
+"""Headers of the line naming the examination, in the order they are looked for."""
 
 
 def _read_mimic_report(path: Path) -> str:
@@ -103,6 +110,15 @@ def _read_mimic_report(path: Path) -> str:
         text = path.read_text(errors="replace")
     except OSError:
         return ""
+    return mimic_report_text(text)
+
+
+def mimic_report_text(text: str) -> str:
+    """What the manifest keeps of a MIMIC-CXR report: "EXAMINATION: ...", "FINDINGS: ...", "IMPRESSION: ..." lines
+    (those present), or the whole text on one line when it has neither FINDINGS nor IMPRESSION."""
     sec = report_sections(text)
-    keep = [sec[k] for k in ("FINDINGS", "IMPRESSION") if sec.get(k)]
-    return " ".join(keep) if keep else " ".join(text.split())
+    body = [f"{k}: {sec[k]}" for k in ("FINDINGS", "IMPRESSION") if sec.get(k)]
+    if not body:
+        return " ".join(text.split())
+    exam = next((sec[k] for k in EXAMINATION_HEADERS if sec.get(k)), "")
+    return "\n".join(([f"EXAMINATION: {exam}"] if exam else []) + body)

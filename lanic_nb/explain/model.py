@@ -21,6 +21,7 @@ from torch import nn
 from lanic_nb.artifacts import load_pattern_table
 from lanic_nb.attribute.core import pattern_columns
 from lanic_nb.attribute.ood import OODReference, pool_rows
+from lanic_nb.attribute.reliance import leans_on
 from lanic_nb.classify.calibrate import Calibration, load_calibration
 from lanic_nb.classify.model import load_classifier
 from lanic_nb.embed.encoders import LOCAL_PREFIX, PHANTOM, Encoder, load_encoder
@@ -68,6 +69,7 @@ class LoadedRun:
     run_rows: dict[str, tuple[int, str, str]]  # resolved image file -> (manifest row, image_id, split)
     calibration: Calibration = field(default_factory=Calibration.identity)  # logit -> probability, per finding
     ood: OODReference | None = None  # what new films' out-of-distribution scores compare with (from 06)
+    leans_on: dict[str, dict] = field(default_factory=dict)  # finding -> the pattern it leans on (06's reliance)
 
     @property
     def n_patterns(self) -> int:
@@ -208,4 +210,12 @@ def load_explain_run(run_dir: str | Path, device: str | torch.device = "cpu", po
     return LoadedRun(root=root, store=store, encoder=encoder, classifier=classifier, ensemble=ensemble,
                      patterns=ps, table=table, info=pattern_info(table),
                      dataset=",".join(sorted(set(manifest["dataset"].astype(str)))), pool=pool, run_rows=run_rows,
-                     calibration=load_calibration(rd.classifier), ood=ood)
+                     calibration=load_calibration(rd.classifier), ood=ood, leans_on=_leans_on(rd))
+
+
+def _leans_on(rd: RunDir) -> dict[str, dict]:
+    """Per finding, the device or artifact pattern notebook 06 flagged in its reliance table (none: not run)."""
+    path = rd.attribution / "reliance.parquet"
+    if not path.exists():
+        return {}
+    return {f: v["flagged"] for f, v in leans_on(read_table(path)).items() if v["flagged"]}

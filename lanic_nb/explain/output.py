@@ -86,7 +86,8 @@ def to_json(e: ImageExplanation, run: LoadedRun, n_top: int) -> dict:
                               "concepts": list(run.info.get(int(p), ("", ()))[1]), "name": run.pattern_name(p),
                               **({"model_name": e.pattern_names[int(p)]} if int(p) in e.pattern_names else {})}
                              for r, p in enumerate(order)],
-            "explanation": e.texts[f]}
+            "explanation": e.texts[f],
+            "leans_on": run.leans_on.get(name)}
     pool = run.pool
     doc.update(
         probabilities={name: float(v) for name, v in zip(FINDINGS, e.probabilities, strict=True)},

@@ -150,6 +150,18 @@ def neighbors_html(e: ImageExplanation, run: LoadedRun) -> str:
     return f"<div class='grid'>{''.join(figs) or 'no training images in the run'}</div>"
 
 
+def leans_on_note(e: ImageExplanation, finding: int, run: LoadedRun) -> str:
+    """A caution under a finding that leans on a device or artifact pattern (notebook 06's reliance), saying how much
+    that pattern adds to the logit on this film."""
+    lean = run.leans_on.get(FINDINGS[finding])
+    if not lean:
+        return ""
+    here = float(e.attribution.contributions[0, lean["pattern_id"], finding])
+    return (f"<p class='note'>Over the run's films, {escape(FINDINGS[finding])} leans on pattern {lean['pattern_id']} "
+            f"({escape(lean['name'] or 'unnamed')}, {escape(lean['category'])}): on films without the finding it lifts "
+            f"the logit by {lean['reliance']:.2f} where it fires most. Here it adds {here:+.2f}.</p>")
+
+
 def render_page(e: ImageExplanation, run: LoadedRun, cfg: ExplainConfig) -> str:
     """The whole page of one explained image (``e.ok``)."""
     n = cfg.n_shown
@@ -164,7 +176,8 @@ def render_page(e: ImageExplanation, run: LoadedRun, cfg: ExplainConfig) -> str:
     findings = "".join(
         f"<details{' open' if f == best else ''}><summary>{name}: p = {e.probabilities[f]:.2f}, logit "
         f"{float(e.attribution.logits[0, f]):+.2f}</summary>{waterfall_html(e, f, n, run)}"
-        f"<p class='explanation'>{escape(e.texts[f])}</p></details>" for f, name in enumerate(FINDINGS))
+        f"<p class='explanation'>{escape(e.texts[f])}</p>{leans_on_note(e, f, run)}</details>"
+        for f, name in enumerate(FINDINGS))
     cards = "".join(pattern_card(e, p, run) for p in shown_patterns(e, n))
     meta = (f"File {escape(str(e.source))} ({escape(str(e.info.get('format', '')))}, "
             f"{'x'.join(str(v) for v in e.info.get('shape', []))}); run {escape(str(run.root))}; encoder "

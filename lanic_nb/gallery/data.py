@@ -186,6 +186,20 @@ def ood_png(data: GalleryData) -> bytes:
                                     data.ood_threshold))
 
 
+def finding_reliance(data: GalleryData) -> pd.DataFrame:
+    """What each finding leans on among these films (``attribute.reliance``: labels, no planted truth)."""
+    from lanic_nb.attribute.reliance import reliance_table
+
+    return reliance_table(data.attribution, data.labels, data.patterns)
+
+
+def reliance_png(reliance: pd.DataFrame) -> bytes:
+    """Each finding's top device and artifact patterns by reliance, the flagged ones in red (PNG)."""
+    from lanic_nb.attribute.views import plot_reliance
+
+    return _fig_png(plot_reliance(reliance))
+
+
 def histogram_png(data: GalleryData, pattern: int) -> bytes:
     """Histogram of the pattern's non-zero activations over the images (PNG)."""
     import matplotlib.pyplot as plt

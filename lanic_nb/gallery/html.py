@@ -24,9 +24,11 @@ from lanic_nb.gallery.data import (
     b64,
     describe_pattern,
     explanation,
+    finding_reliance,
     histogram_png,
     ood_png,
     ranked_patterns,
+    reliance_png,
     thumbnail_png,
     top_images,
     waterfall_terms,
@@ -134,6 +136,25 @@ def ood_section(data: GalleryData) -> str:
             f"{_img(ood_png(data), 'wide', 'out-of-distribution scores')}")
 
 
+def reliance_section(rel) -> str:
+    """What each finding leans on (``finding_reliance``): the figure, and a sentence per finding whose device or
+    artifact pattern stands out (empty when no finding has films labelled without it)."""
+    if rel.empty:
+        return ""
+    flagged = rel[rel["flagged"]]
+    items = "".join(
+        f"<li><b>{escape(r.finding)}</b> leans on <a href='#pattern-{int(r.pattern_id)}'>pattern {int(r.pattern_id)}"
+        f"</a> ({escape(r.name or 'unnamed')}, {escape(r.category)}): on films without {escape(r.finding)} it lifts "
+        f"the logit by {r.reliance:.2f} ({r.lo:.2f} to {r.hi:.2f}) where it fires most.</li>"
+        for r in flagged.itertuples())
+    verdict = (f"<ul>{items}</ul>" if items else "<p>No device or artifact pattern stands out for any finding.</p>")
+    return ("<h2 id='reliance'>What each finding leans on</h2><p>For each finding, the device and artifact patterns "
+            "that lift its logit most on the films labelled <i>without</i> it (where it fires most against where it "
+            "fires least, with a 95% bootstrap band): a finding's own evidence is silent there, a shortcut is not. "
+            "Red: the pattern stands out from the other device and artifact patterns.</p>"
+            f"{verdict}{_img(reliance_png(rel), 'wide', 'reliance per finding')}")
+
+
 def render_html(data: GalleryData, n_images: int = 12, n_patterns: int = 30, n_top: int = 5,
                 title: str = "lanic-nb gallery") -> str:
     """The whole page. Images: the most confident prediction per finding first, then the rest in order."""
@@ -151,7 +172,10 @@ def render_html(data: GalleryData, n_images: int = 12, n_patterns: int = 30, n_t
         html_i, ids = image_card(data, i, n_top)
         cards.append(html_i)
         linked |= ids
-    # Every linked pattern gets a card; then the most important patterns per finding up to n_patterns.
+    # Every linked pattern gets a card (the patterns a finding leans on too); then the most important patterns per
+    # finding up to n_patterns.
+    rel = finding_reliance(data)
+    linked |= {int(p) for p in rel.loc[rel["flagged"], "pattern_id"]} if not rel.empty else set()
     pats = sorted(linked)
     ranked = [ranked_patterns(data, c) for c in range(len(FINDINGS))]
     for depth in range(max((len(r) for r in ranked), default=0)):
@@ -169,7 +193,7 @@ def render_html(data: GalleryData, n_images: int = 12, n_patterns: int = 30, n_t
             f"<p>Dataset: {escape(data.dataset)}; {len(chosen)} of {data.n_images} explained images shown; "
             "each logit = sum of pattern contributions + unassigned latents + bias + "
             "reconstruction error (exactly).</p>"
-            f"{ood_section(data)}<h2 id='images'>Per-image explanations</h2>{''.join(cards)}"
+            f"{ood_section(data)}{reliance_section(rel)}<h2 id='images'>Per-image explanations</h2>{''.join(cards)}"
             f"<h2 id='patterns'>Pattern galleries</h2><p class='nav'>Patterns: {nav}</p>{''.join(pcards)}"
             f"<div id='render-check'>not rendered</div><script>{_SCRIPT}</script></body></html>")
 

@@ -40,9 +40,10 @@ from lanic_nb.settings import stage_config
 
 METRIC_KEYS = {"n_images", "n_patterns", "identity_max_error", "patterns_for_90", "deletion_k", "deletion_ratio",
                "deletion_ratio_min", "shortcut", "shortcut_share", "shortcut_named", "shortcut_category_correct",
-               "evidence", "ood"}
+               "evidence", "ood", "reliance", "reliance_flagged"}
 ARTIFACTS = ("contributions.parquet", "summary.parquet", "patterns_for_90.parquet", "patterns_for_90.png",
-             "deletion.parquet", "insertion.parquet", "insertion.png", "evidence.parquet")
+             "deletion.parquet", "insertion.parquet", "insertion.png", "evidence.parquet", "reliance.parquet",
+             "reliance.png")
 
 
 @pytest.mark.parametrize("activation", ["topk", "batchtopk", "relu"])
@@ -334,6 +335,13 @@ def test_run_attribution_on_the_small_phantom_run(small_run, tmp_path):
     assert sc["pattern_auroc"] > 0.5 and m["shortcut_share"] == sc["share"]
     hits = sc["share"] * sc["n_positive"]  # a share of the positive images
     assert sc["n_positive"] > 0 and abs(hits - round(hits)) < 1e-9
+    # What each finding leans on: one table row per finding and pattern, the planted pattern placed in it.
+    rel = res.reliance
+    assert len(rel) == 5 * res.n_patterns and set(rel.finding) == set(FINDINGS)
+    assert (rel.lo <= rel.reliance + 1e-12).all() and (rel.reliance <= rel.hi + 1e-12).all()
+    assert m["reliance_flagged"] == int(rel.flagged.sum()) <= 5  # at most one flagged pattern per finding
+    placed = rel[(rel.finding == sc["finding"]) & (rel.pattern == sc["pattern"])].iloc[0]
+    assert sc["reliance"]["confounder_rank"] == placed.confounder_rank and sc["reliance"]["rank"] == placed["rank"]
 
 
 @pytest.mark.notebook

@@ -85,6 +85,15 @@ def test_the_real_chest_cr_runs_end_to_end(cli):
         d = doc["findings"][f]
         assert sum(d["terms"].values()) == pytest.approx(d["logit"], abs=1e-9)
         assert d["top_patterns"] and d["explanation"].startswith(f"{f}: probability")
+    # What each finding leans on comes from notebook 06's reliance table, and the page says it where it applies.
+    rel = pd.read_parquet(RunDir(cli["run"]).attribution / "reliance.parquet")
+    for f in FINDINGS:
+        flagged = rel[(rel.finding == f) & rel.flagged]
+        lean = doc["findings"][f]["leans_on"]
+        assert (lean is None) == flagged.empty
+        if lean is not None:
+            assert lean["pattern_id"] == int(flagged.pattern_id.iloc[0])
+            assert f"{f} leans on pattern {lean['pattern_id']}" in (cli["out"] / "RG1_UNCR.html").read_text()
     lossless = read_json(cli["out"] / "RG1_J2KR.json")
     assert lossless["probabilities"] == doc["probabilities"]  # identical pixels, identical answer
     lossy = read_json(cli["out"] / "RG1_J2KI.json")

@@ -159,6 +159,7 @@ def test_export_html_content_and_patient_data_gate(tmp_path, caplog):
     assert links and links <= cards and len(cards) == 9
     assert page.count("data:image/png;base64,") >= 6 + 9
     assert "Pushing toward it" in page or "Pushing against it" in page
+    assert "<h2 id='reliance'>What each finding leans on</h2>" in page  # labels give films without each finding
     real = make_data(tmp_path / "real", dataset="mimic_cxr")
     with pytest.raises(PermissionError, match="allow_patient_data"):
         export_html(tmp_path, tmp_path / "r.html", data=real)

@@ -1,0 +1,129 @@
+"""What each finding leans on: how much a pattern lifts a finding's logit on films without the finding.
+
+A pattern that is a finding's own evidence stays quiet on films without the finding; a pattern of something
+that travels with the finding (a tube, a portable marker) fires on such films as often as on the others, and if
+the classifier learned the shortcut, it lifts the finding's logit there. So the **reliance** of finding F on
+pattern P is measured on the films whose labels say F is absent (label 0): P's mean contribution to F's logit on
+the quarter of them where P fires most, minus the same on the half where it fires least (logit units), with a
+bootstrap band over the films. Nothing here reads planted truth: labels, the decomposition and the patterns'
+categories are what a real run has too.
+
+A device or artifact pattern is **flagged** for a finding when it stands out among the device and artifact
+patterns: the largest reliance, with the lower end of its band above zero and above the upper end of the
+runner-up's band. Patterns of other categories are ranked but never flagged: a finding that travels with
+another finding (edema with effusion) is the population's own confounding, not a shortcut.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lanic_nb.attribute.core import Attribution, finding_name
+from lanic_nb.attribute.evidence import CONFOUNDER_CATEGORIES
+
+COLUMNS = ("finding", "pattern", "pattern_id", "name", "category", "reliance", "lo", "hi", "rank", "confounder_rank",
+           "flagged", "n_films")
+
+
+def reliance_lift(contributions: np.ndarray, activations: np.ndarray, weights: np.ndarray | None = None,
+                  high: float = 0.25, low: float = 0.5) -> np.ndarray:
+    """Per pattern: mean contribution over the ``high`` share of films where it fires most, minus the mean over
+    the ``low`` share where it fires least  # (P,) or (B, P).
+
+    contributions, activations: (m, P) for one finding's logit on m films. ``weights`` (B, m): film counts of B
+    bootstrap resamples (the groups are fixed by the full sample; each resample reweights the films).
+    """
+    m = contributions.shape[0]
+    order = np.argsort(activations, axis=0, kind="stable")  # ascending per pattern
+    n_hi, n_lo = max(1, int(round(high * m))), max(1, int(round(low * m)))
+    hi = np.zeros(contributions.shape, bool)
+    lo = np.zeros(contributions.shape, bool)
+    np.put_along_axis(hi, order[m - n_hi:], True, axis=0)
+    np.put_along_axis(lo, order[:n_lo], True, axis=0)
+    w = np.ones((1, m)) if weights is None else np.asarray(weights, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (w @ (contributions * hi)) / (w @ hi) - (w @ (contributions * lo)) / (w @ lo)
+    return out[0] if weights is None else out
+
+
+def reliance_table(attr: Attribution, labels: np.ndarray, table: pd.DataFrame, *, n_boot: int = 200,
+                   level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Per (finding, pattern): the reliance of the finding on the pattern (module docstring), with its band.
+
+    attr: the decomposition of the films (n, P, C); labels: (n, C) report labels (1 / 0 / -1 uncertain / NaN; only
+    0 counts as without the finding); table: the pattern table (rows in pattern order, with ``category`` and
+    ``concept_1``). Columns: finding, pattern (row of the table), pattern_id, name, category, reliance, lo, hi (the
+    ``level`` band of ``n_boot`` bootstrap resamples of the films), rank (1 = largest reliance for the finding),
+    confounder_rank (the same among device and artifact patterns; 0 for the others), flagged, n_films. Sorted by
+    finding, then reliance, largest first.
+    """
+    n, n_patterns, n_classes = attr.contributions.shape
+    labels = np.asarray(labels, dtype=np.float64)
+    if labels.shape != (n, n_classes):
+        raise ValueError(f"labels have shape {labels.shape}, the attribution {(n, n_classes)}")
+    if len(table) != n_patterns:
+        raise ValueError(f"pattern table has {len(table)} rows, the attribution {n_patterns} patterns")
+    if not 0 < level < 1 or n_boot < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got level={level}, n_boot={n_boot}")
+    cats = _column(table, "category", n_patterns)
+    names = _column(table, "concept_1", n_patterns)
+    ids = table["pattern_id"].to_numpy() if "pattern_id" in table else np.arange(n_patterns)
+    confounder = np.isin(cats, CONFOUNDER_CATEGORIES)
+    activations = attr.activations.double().numpy()
+    rng = np.random.default_rng(seed)
+    frames = []
+    for c in range(n_classes):
+        rows = np.flatnonzero(labels[:, c] == 0)
+        if len(rows) < 4 or n_patterns == 0:  # a quarter and a half of the films must differ
+            continue
+        contrib = attr.contributions[torch.from_numpy(rows), :, c].double().numpy()  # (m, P)
+        act = activations[rows]
+        lift = reliance_lift(contrib, act)
+        counts = rng.multinomial(len(rows), np.full(len(rows), 1 / len(rows)), size=n_boot)  # (B, m)
+        band = np.nanquantile(reliance_lift(contrib, act, counts), [(1 - level) / 2, (1 + level) / 2], axis=0)
+        frames.append(_ranked(finding_name(c, n_classes), lift, band, confounder, names, cats, ids, len(rows)))
+    if not frames:
+        return pd.DataFrame(columns=list(COLUMNS))
+    out = pd.concat(frames, ignore_index=True)
+    return out.sort_values(["finding", "reliance"], ascending=[True, False], kind="stable").reset_index(drop=True)
+
+
+def _column(table: pd.DataFrame, name: str, n: int) -> np.ndarray:
+    return table[name].fillna("").astype(str).to_numpy() if name in table else np.full(n, "")
+
+
+def _ranked(finding: str, lift: np.ndarray, band: np.ndarray, confounder: np.ndarray, names: np.ndarray,
+            cats: np.ndarray, ids: np.ndarray, n_films: int) -> pd.DataFrame:
+    n_patterns = len(lift)
+    order = np.argsort(-np.nan_to_num(lift, nan=-np.inf), kind="stable")
+    rank = np.empty(n_patterns, int)
+    rank[order] = np.arange(1, n_patterns + 1)
+    conf_order = [int(p) for p in order if confounder[p]]
+    conf_rank = np.zeros(n_patterns, int)
+    conf_rank[conf_order] = np.arange(1, len(conf_order) + 1)
+    flagged = np.zeros(n_patterns, bool)
+    if conf_order:
+        first = conf_order[0]
+        runner_up_hi = band[1, conf_order[1]] if len(conf_order) > 1 else -np.inf
+        flagged[first] = bool(band[0, first] > max(0.0, runner_up_hi))
+    return pd.DataFrame({"finding": finding, "pattern": np.arange(n_patterns), "pattern_id": ids, "name": names,
+                         "category": cats, "reliance": lift, "lo": band[0], "hi": band[1], "rank": rank,
+                         "confounder_rank": conf_rank, "flagged": flagged, "n_films": n_films})
+
+
+def leans_on(reliance: pd.DataFrame) -> dict[str, dict]:
+    """Per finding: its flagged pattern (or None) and its top device or artifact pattern, as plain dicts."""
+    out: dict[str, dict] = {}
+    for finding, g in reliance.groupby("finding", sort=True):
+        top = g[g["confounder_rank"] == 1]
+        entry = [_entry(r) for r in top.itertuples()]
+        out[str(finding)] = {"top_confounder": entry[0] if entry else None,
+                             "flagged": entry[0] if entry and bool(top["flagged"].iloc[0]) else None}
+    return out
+
+
+def _entry(r) -> dict:
+    return {"pattern_id": int(r.pattern_id), "name": str(r.name), "category": str(r.category),
+            "reliance": float(r.reliance), "lo": float(r.lo), "hi": float(r.hi)}
