@@ -3,6 +3,7 @@ and the co-occurrence of findings with other concepts (where the planted shortcu
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -146,3 +147,37 @@ def data_metrics(run_dir: str | Path) -> dict:
         "shortcut": meta.get("shortcut", {}),
         "state_rates": meta.get("state_rates", {}),
     }
+
+
+def population_against_chexpert(run_dir: str | Path) -> pd.DataFrame | None:
+    """The run's planted population beside CheXpert's frontal training films (``data.population``): per finding its
+    prevalence and the rates of devices and AP films with and without it, and the findings' co-occurrence. None (with
+    a logged reason) where torchxrayvision, which ships CheXpert's table, is not installed."""
+    from lanic_nb.data.population import chexpert_population, compare_populations, phantom_population
+
+    rd = RunDir(Path(run_dir))
+    try:
+        chexpert = chexpert_population()
+    except FileNotFoundError as e:
+        logging.getLogger(__name__).warning("no comparison with CheXpert: %s", e)
+        return None
+    phantom = phantom_population(load_ground_truth(rd.root), pd.read_parquet(rd.manifest))
+    return compare_populations(CheXpert=chexpert, phantom=phantom)
+
+
+def plot_population_against_chexpert(table: pd.DataFrame) -> plt.Figure:
+    """One panel per rate (prevalence, device and AP with / without the finding): CheXpert's bars beside the run's."""
+    from lanic_nb.data.population import RATE_COLUMNS
+
+    fig, axes = plt.subplots(1, len(RATE_COLUMNS), figsize=(3.0 * len(RATE_COLUMNS), 2.8), sharey=True)
+    x = np.arange(len(FINDINGS))
+    for ax, rate in zip(axes, RATE_COLUMNS, strict=True):
+        rows = table.xs(rate, level="rate").reindex(list(FINDINGS))
+        for k, (name, color) in enumerate(zip(rows.columns, ("#4c72b0", "#dd8452"), strict=False)):
+            ax.bar(x + (k - 0.5) * 0.4, rows[name], width=0.4, color=color, label=name)
+        ax.set_title(rate.replace("_", " "), fontsize=9)
+        ax.set_xticks(x, [f.split()[-1][:6] for f in FINDINGS], fontsize=7, rotation=30)
+    axes[0].set_ylim(0, 1)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
