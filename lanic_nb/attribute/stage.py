@@ -84,8 +84,8 @@ class AttributionConfig:
     """Out-of-distribution check: flag a film whose p-value against the validation films is below this, in
     (0, 1): the false-alarm rate on films like them (``attribute.ood``). Default: 1%, a convention."""
     reliance_boot: int = 200
-    """Bootstrap resamples of the films behind each reliance band (``attribute.reliance``). Default: engineering
-    (bands stable to about 0.01 logit on the demo)."""
+    """Bootstrap resamples of the films behind each reliance band (``attribute.reliance``). Default: engineering,
+    chosen on the phantom (another bootstrap seed flags the same patterns; docs/decisions.md)."""
     reliance_level: float = 0.95
     """Coverage of the reliance bands; a device or artifact pattern is flagged when its band clears the runner-up's.
     Default: 95%, a convention."""
