@@ -111,7 +111,8 @@ def stage_fingerprint(run_dir: str | Path, name: str, config) -> str:
 
     st = stage(name)
     doc = {"stage": st.name, "config": to_dict(config), "code": code_hash(st.name),
-           "inputs": {r: recorded_fingerprint(run_dir, r) for r in st.reads}, "external": external_inputs(config)}
+           "inputs": {r: recorded_fingerprint(run_dir, r) for r in (*st.reads, *st.uses)},
+           "external": external_inputs(config)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -127,7 +128,7 @@ def stale_stages(run_dir: str | Path, names: list[str], params, force: bool = Fa
         return order
     stale: list[str] = []
     for n in order:
-        upstream_runs = any(r in stale for r in STAGES[n].reads)
+        upstream_runs = any(r in stale for r in (*STAGES[n].reads, *STAGES[n].uses))
         fresh = (not upstream_runs and not missing_stages(root, [n])
                  and (root / "notebooks" / f"{n}.ipynb").exists()
                  and recorded_fingerprint(root, n) == stage_fingerprint(root, n, stage_config(n, params)))

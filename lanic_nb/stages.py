@@ -30,6 +30,10 @@ class Stage:
     """Files (relative to the run directory) that exist once it has finished."""
     what: str
     """One line: what it does."""
+    uses: tuple[str, ...] = ()
+    """Stages whose outputs it reads where they exist, without needing them (the gallery and the explainer show
+    06's out-of-distribution scores and reliance when 06 has run): a change there reruns it, their absence does not
+    stop it."""
     writes: tuple[str, ...] = ()
     """Everything it writes (files and folders, relative to the run directory), besides ``metrics/<name>.json``;
     a folder of another stage's nested inside one of these belongs to that stage."""
@@ -79,7 +83,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           outputs=("attribution/summary.parquet", "attribution/contributions.parquet"), writes=("attribution",),
           what="every logit decomposed exactly into pattern contributions, and tested"),
     Stage("07_gallery", "lanic_nb.gallery.stage:GalleryConfig", "lanic_nb.gallery.stage:run_gallery",
-          reads=(*_ALL_BEFORE_04, "04_patterns"), outputs=("gallery.html",), writes=("gallery.html",),
+          reads=(*_ALL_BEFORE_04, "04_patterns"), uses=("06_attribution",), outputs=("gallery.html",),
+          writes=("gallery.html",),
           what="pattern galleries and per-image explanations, and the static HTML page"),
     Stage("08_mammi", "lanic_nb.mammi.stage:MammiConfig", "lanic_nb.mammi.stage:run_mammi",
           reads=(*_ALL_BEFORE_04, "04_patterns"), outputs=("mammi/neurons.parquet",), writes=("mammi",),
@@ -88,7 +93,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           reads=(), outputs=("pathology/feature_gene.parquet",), writes=("pathology",),
           what="SAE features of pathology tiles against genes and morphology"),
     Stage("10_explain", "lanic_nb.explain.config:ExplainConfig", "lanic_nb.explain.stage:run_explain",
-          reads=(*_ALL_BEFORE_04, "04_patterns"), outputs=("metrics/10_explain.json",), writes=("explain",),
+          reads=(*_ALL_BEFORE_04, "04_patterns"), uses=("06_attribution",), outputs=("metrics/10_explain.json",),
+          writes=("explain",),
           what="new images explained with the finished run"),
 )}
 

@@ -77,9 +77,13 @@ def test_a_changed_setting_reruns_its_stage_and_only_what_reads_it(finished, tmp
     assert stale_stages(finished, UP_TO_07, params({"05_maps": {"n_neighbors": 6}})) == ["05_maps"]
     assert stale_stages(finished, UP_TO_07, params({"04_patterns": {"k_top": 6}})) == [
         "04_patterns", "05_maps", "06_attribution", "07_gallery"]
+    # The gallery shows 06's out-of-distribution scores and reliance where 06 has run (Stage.uses): a change there
+    # reruns it too.
+    assert stale_stages(finished, UP_TO_07, params({"06_attribution": {"ood_alpha": 0.02}})) == [
+        "06_attribution", "07_gallery"]
     (finished / "notebooks" / "06_attribution.ipynb").rename(finished / "06.ipynb")  # an executed copy is gone
     try:
-        assert stale_stages(finished, UP_TO_07, "small") == ["06_attribution"]
+        assert stale_stages(finished, UP_TO_07, "small") == ["06_attribution", "07_gallery"]
     finally:
         (finished / "06.ipynb").rename(finished / "notebooks" / "06_attribution.ipynb")
 
