@@ -32,7 +32,7 @@ from lanic_nb.fingerprint import stale_stages
 from lanic_nb.io import atomic_path
 from lanic_nb.rundir import RunLocked, run_lock
 from lanic_nb.settings import PARAMS_DIR, SettingError, check_params, params_path  # noqa: F401 (PARAMS_DIR re-exported)
-from lanic_nb.stages import STAGES, upstream
+from lanic_nb.stages import STAGES
 
 log = logging.getLogger("lanic_nb.run_notebooks")
 
@@ -199,10 +199,11 @@ def run_all(run_dir: Path, params: str = "demo", only: list[str] | None = None, 
     # One writer at a time: the notebooks' kernels inherit the lock's token and write under it; a second runner
     # (or a stage started by hand) in this run directory gets RunLocked at once.
     with run_lock(run_dir, f"run_notebooks ({', '.join(nb.stem for nb in chosen)})"):
+        # Decided once, before any runs: a stale stage makes every chosen stage that reads or uses it stale too.
+        stale = set(stale_stages(run_dir, [nb.stem for nb in chosen if nb.stem in STAGES], params, force))
         for i, nb in enumerate(chosen, 1):
             tag = f"[{i}/{len(chosen)} {nb.stem}]"
-            if nb.stem in STAGES and nb.stem not in stale_stages(run_dir, [nb.stem], params, force) \
-                    and not any(r in times for r in upstream(nb.stem)):
+            if nb.stem in STAGES and nb.stem not in stale:
                 log.info("%s unchanged (settings, code and inputs as when it last ran): skipped", tag)
                 continue
             log.info("%s running (params %s) ...", tag, Path(params).name if Path(params).suffix else params)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lanic_nb.evaluation import concept_categories, finding_concept, ground_truth_matrix
 from lanic_nb.manifest import FINDINGS
 
 RATE_COLUMNS = ("prevalence", "device_given_finding", "device_given_none", "ap_given_finding", "ap_given_none")
@@ -71,8 +72,6 @@ def phantom_population(truth: pd.DataFrame, manifest: pd.DataFrame,
     """A phantom run's films: (findings, device, ap) from its planted truth (long table: image_id, concept, category,
     present) and its manifest's view. ``device_concepts``: the concepts that count as a support device (default:
     every concept of category "device")."""
-    from lanic_nb.evaluation import concept_categories, finding_concept, ground_truth_matrix
-
     ids = manifest["image_id"].astype(str).tolist()
     wide = ground_truth_matrix(truth, ids)
     if device_concepts is None:
