@@ -70,8 +70,10 @@ docs: $(STAMP)
 
 # docs/results.md, README's figures table and docs/benchmarks.md's table from the runs' metrics (never by hand).
 # runs/phantom_b: `$(PY) -m lanic_nb.run_notebooks --run-dir runs/phantom_b --params phantom_b --only 00 01 02 03 04 05 06`
+# runs/suite: `$(PY) -m lanic_nb.benchmark` (the benchmark suite, about 70 minutes on 2 cores; resumable)
 results: $(STAMP)
-	$(PY) -m lanic_nb.report --run demo=$(RUN) --run "phantom B=runs/phantom_b" --bench runs/bench
+	$(PY) -m lanic_nb.report --run demo=$(RUN) --run "phantom B=runs/phantom_b" --bench runs/bench \
+	  $(if $(wildcard runs/suite/suite.json),--suite runs/suite/suite.json)
 
 # The shipped phantom encoder's recipe, resumable: rerun to continue after an interruption (hours on 2 CPU cores,
 # minutes on a GPU). Writes lanic_nb/resources/phantom_encoder/ (weights, tokenizer, card.json, fingerprint).

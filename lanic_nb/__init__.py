@@ -57,6 +57,8 @@ _WHERE = {
     "latent_codes": "lanic_nb.patterns.units",
     "pattern_activations": "lanic_nb.patterns.units",
     "PhantomConfig": "lanic_nb.phantom.config",
+    "Population": "lanic_nb.phantom.population", "POPULATIONS": "lanic_nb.phantom.population",
+    "run_suite": "lanic_nb.benchmark.suite", "SUITE": "lanic_nb.benchmark.configs",
     "make_phantom_dataset": "lanic_nb.phantom.generate",
     "SettingError": "lanic_nb.settings",
     "read_params": "lanic_nb.settings",
@@ -76,7 +78,8 @@ __version__ = "0.1.0"
 __all__ = [
     # the pipeline: stages, their settings, a finished run
     "STAGES", "Stage", "stage_config", "read_params", "settings_table", "SettingError", "Run", "MissingInputs",
-    "run_data", "DataConfig", "PhantomConfig", "make_phantom_dataset",
+    "run_data", "DataConfig", "PhantomConfig", "make_phantom_dataset", "Population", "POPULATIONS",
+    "run_suite", "SUITE",
     "run_embed", "EmbedConfig", "load_encoder", "load_embedded",
     "run_classify", "ClassifyConfig", "ClassifierConfig", "DiagnosticClassifier", "train_classifier",
     "load_classifier", "hidden_targets",
@@ -114,6 +117,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from lanic_nb.attribute.faithfulness import deletion_test, insertion_curves
     from lanic_nb.attribute.reliance import reliance_table
     from lanic_nb.attribute.stage import AttributionConfig, run_attribution
+    from lanic_nb.benchmark.configs import SUITE
+    from lanic_nb.benchmark.suite import run_suite
     from lanic_nb.classify.model import (
         ClassifierConfig,
         DiagnosticClassifier,
@@ -141,6 +146,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from lanic_nb.patterns.units import latent_alive, latent_codes, pattern_activations
     from lanic_nb.phantom.config import PhantomConfig
     from lanic_nb.phantom.generate import make_phantom_dataset
+    from lanic_nb.phantom.population import POPULATIONS, Population
     from lanic_nb.settings import SettingError, read_params, settings_table, stage_config
     from lanic_nb.stages import STAGES, Stage
     from lanic_nb.transcoder.config import TranscoderConfig

@@ -103,6 +103,20 @@ def planted_shortcut(run_dir: str | Path) -> tuple[str, str] | None:
     return (str(concept), str(finding)) if concept and finding else None
 
 
+def planted_shortcuts(run_dir: str | Path) -> list[dict]:
+    """Every shortcut the phantom planted in a run: ``{"concept", "finding", "absent"}`` (``absent``: the concept
+    follows the finding's absence), the main one first; empty for a run that plants none or a real dataset."""
+    path = RunDir(Path(run_dir)).data / "meta.json"
+    cfg = read_json(path).get("config", {}) if path.exists() else {}
+    out = []
+    if cfg.get("shortcut_concept") and cfg.get("shortcut_finding"):
+        out.append({"concept": str(cfg["shortcut_concept"]), "finding": str(cfg["shortcut_finding"]),
+                    "absent": bool(cfg.get("shortcut_absent", False))})
+    out += [{"concept": str(e["concept"]), "finding": str(e["finding"]), "absent": bool(e.get("absent", False))}
+            for e in cfg.get("extra_shortcuts", [])]
+    return out
+
+
 def finding_concept(finding: str) -> str:
     """The planted concept of a classified finding: its name in snake case ("Pleural Effusion" -> "pleural_effusion").
 

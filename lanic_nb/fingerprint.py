@@ -116,10 +116,11 @@ def stage_fingerprint(run_dir: str | Path, name: str, config) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def stale_stages(run_dir: str | Path, names: list[str], params, force: bool = False) -> list[str]:
+def stale_stages(run_dir: str | Path, names: list[str], params, force: bool = False,
+                 executed: bool = True) -> list[str]:
     """Which of ``names`` (in pipeline order) must run: those whose outputs are incomplete, whose executed notebook
-    is missing, whose fingerprint changed, or that read a stage that runs before them (everything with
-    ``force``)."""
+    is missing (``executed``: the runner keeps one per stage; a caller of the stage functions alone does not),
+    whose fingerprint changed, or that read a stage that runs before them (everything with ``force``)."""
     from lanic_nb.settings import stage_config
 
     root = Path(run_dir)
@@ -130,7 +131,7 @@ def stale_stages(run_dir: str | Path, names: list[str], params, force: bool = Fa
     for n in order:
         upstream_runs = any(r in stale for r in (*STAGES[n].reads, *STAGES[n].uses))
         fresh = (not upstream_runs and not missing_stages(root, [n])
-                 and (root / "notebooks" / f"{n}.ipynb").exists()
+                 and (not executed or (root / "notebooks" / f"{n}.ipynb").exists())
                  and recorded_fingerprint(root, n) == stage_fingerprint(root, n, stage_config(n, params)))
         if not fresh:
             stale.append(n)

@@ -1,7 +1,8 @@
 """Docs generated from code and from runs' metrics: the settings reference, the results page, the README's table
 of current figures and the benchmarks' table. Figures are never typed by hand: rerun this after a run.
 
-    python -m lanic_nb.report --run demo=runs/demo --run "phantom B=runs/phantom_b" --bench runs/bench
+    python -m lanic_nb.report --run demo=runs/demo --run "phantom B=runs/phantom_b" --bench runs/bench \
+        --suite runs/suite/suite.json
     python -m lanic_nb.report --settings-only        # docs/settings.md from the code alone (make docs runs this)
 
 A generated part of a hand-written page sits between ``<!-- BEGIN generated: NAME -->`` and
@@ -209,6 +210,40 @@ def bench_markdown(folder: Path) -> str:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------------------------------ benchmark suite
+
+SUITE_COLUMNS = {"config": "configuration", "shortcuts": "planted shortcuts", "recovery": "recovery",
+                 "recovery_of_ceiling": "of ceiling", "names_top1": "names top-1", "names_category": "category",
+                 "found": "found", "named": "named", "ranked_first": "first by reliance", "ranks": "reliance rank",
+                 "false_alarms": "false alarms", "population_flags": "population flags"}
+
+
+def _suite_cell(row: dict, col: str) -> str:
+    v = row.get(col)
+    if col in ("found", "named", "ranked_first"):
+        n = row.get("n_shortcuts") or 0
+        if row["config"] in ("mean", "worst"):
+            return "" if v is None or v != v else f"{v:.2f}"
+        return "-" if not n else f"{int(v)}/{int(n)}"
+    if isinstance(v, float):
+        if v != v:
+            return ""
+        return f"{v:.2f}" if col not in ("false_alarms", "population_flags") or row["config"] == "mean" else \
+            f"{v:.0f}"
+    return "" if v is None else str(v).replace("|", "/")
+
+
+def suite_markdown(path: Path) -> str:
+    """The suite's table (``python -m lanic_nb.benchmark`` writes ``suite.json``): a row per configuration, the
+    mean and the worst, then its machine."""
+    r = json.loads(Path(path).read_text())
+    out = ["| " + " | ".join(SUITE_COLUMNS.values()) + " |", "|" + " --- |" * len(SUITE_COLUMNS)]
+    out += ["| " + " | ".join(_suite_cell(row, c) for c in SUITE_COLUMNS) + " |" for row in r["rows"]]
+    minutes = sum(row.get("minutes") or 0 for row in r["rows"] if row["config"] not in ("mean", "worst"))
+    out += ["", f"{r['machine']}; the configurations' stages took {minutes:.0f} min in all"]
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------------------------------ command line
 
 
@@ -216,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", action="append", default=[], help="LABEL=RUN_DIR (repeatable), e.g. demo=runs/demo")
     ap.add_argument("--bench", type=Path, help="a folder of benchmark records (runs/bench)")
+    ap.add_argument("--suite", type=Path, help="the benchmark suite's suite.json (runs/suite/suite.json)")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--settings-only", action="store_true", help="write docs/settings.md only")
@@ -234,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         command = "python -m lanic_nb.report " + " ".join(f'--run "{s}"' for s in args.run)
         log.info("wrote %s", write_text(args.docs / "results.md", results_markdown(runs, command)))
         log.info("updated %s", update_block(args.readme, "figures", figures_table(runs)))
+    if args.suite is not None:
+        log.info("updated %s", update_block(args.readme, "suite", suite_markdown(args.suite)))
     if args.bench is not None:
         log.info("updated %s", update_block(args.docs / "benchmarks.md", "benchmarks", bench_markdown(args.bench)))
     return 0

@@ -113,6 +113,23 @@ def _ranked(finding: str, lift: np.ndarray, band: np.ndarray, confounder: np.nda
                          "confounder_rank": conf_rank, "flagged": flagged, "n_films": n_films})
 
 
+SHORTCUT_CATEGORIES: tuple[str, ...] = (*CONFOUNDER_CATEGORIES, "structural")
+"""The categories a planted shortcut can be named into (not a finding's own cardiac, pulmonary or pleural)."""
+
+
+def shortcut_rank(reliance: pd.DataFrame, finding: str, pattern: int, direction: int = 1,
+                  categories: tuple[str, ...] = SHORTCUT_CATEGORIES) -> int:
+    """Where ``pattern`` stands among ``finding``'s patterns of ``categories`` by reliance times ``direction`` (1:
+    lifts the finding, -1: lowers it, as a concept that follows the finding's absence does), largest first; 0 when
+    the pattern is not of those categories."""
+    g = reliance[(reliance["finding"] == finding) & reliance["category"].isin(categories)]
+    if pattern not in set(g["pattern"]):
+        return 0
+    order = g.assign(score=direction * g["reliance"].astype(float)).sort_values("score", ascending=False,
+                                                                                 kind="stable")
+    return int(np.flatnonzero(order["pattern"].to_numpy() == pattern)[0]) + 1
+
+
 def leans_on(reliance: pd.DataFrame) -> dict[str, dict]:
     """Per finding: its flagged pattern (or None) and its top device or artifact pattern, as plain dicts."""
     out: dict[str, dict] = {}

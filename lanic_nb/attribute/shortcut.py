@@ -72,7 +72,7 @@ def _named(patterns: pd.DataFrame | None, pattern: int, concept: str, true_categ
 
 
 def shortcut_check(run_dir: str | Path, attr: Attribution, image_ids: np.ndarray, top: int = 5,
-                   patterns: pd.DataFrame | None = None) -> dict | None:
+                   patterns: pd.DataFrame | None = None, planted: tuple[str, str] | None = None) -> dict | None:
     """Is the pattern that best detects the shortcut concept among the top contributions to its finding,
     and is it named for what it is?
 
@@ -84,9 +84,10 @@ def shortcut_check(run_dir: str | Path, attr: Attribution, image_ids: np.ndarray
     ``within_finding``, the best detector of the concept within the finding-positive and finding-negative
     images (``stratified_aurocs``), and ``carrier``, the pattern whose contribution to the finding rises most
     with the concept on images without the finding (``concept_push``; ``total_push`` sums every pattern's).
-    Returns None when the run plants no shortcut.
+    ``planted``: the (concept, finding) to check (default: the run's main shortcut). Returns None when the run
+    plants no shortcut.
     """
-    planted = planted_shortcut(run_dir)
+    planted = planted or planted_shortcut(run_dir)
     if planted is None or planted[1] not in FINDINGS:
         return None
     concept, finding = planted

@@ -39,12 +39,13 @@ from lanic_nb.attribute.ood import (
     pool_rows,
     unexplained_share,
 )
-from lanic_nb.attribute.reliance import leans_on, reliance_table
+from lanic_nb.attribute.reliance import leans_on, reliance_table, shortcut_rank
 from lanic_nb.attribute.shortcut import shortcut_check
 from lanic_nb.attribute.views import plot_insertion, plot_mass_distribution, plot_reliance
 from lanic_nb.checks import check_selection, require_at_least_one
 from lanic_nb.device import pick_device
 from lanic_nb.embed.store import load_embedded
+from lanic_nb.evaluation import planted_shortcuts
 from lanic_nb.images import image_properties, sanity_problems
 from lanic_nb.io import write_figure, write_table
 from lanic_nb.manifest import FINDINGS, resolve_image_path
@@ -160,8 +161,17 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None
     evidence = evidence_shares(attr, table)
     labels = run.manifest[list(FINDINGS)].to_numpy(np.float64)
     reliance = reliance_table(attr, labels, table, n_boot=cfg.reliance_boot, level=cfg.reliance_level)
-    if shortcut is not None and shortcut.get("pattern") is not None:
-        shortcut["reliance"] = planted_reliance(reliance, shortcut["finding"], shortcut["pattern"])
+    shortcuts = []
+    for k, planted in enumerate(planted_shortcuts(rd.root)):
+        check = shortcut if k == 0 else shortcut_check(rd.root, attr, image_ids, top=cfg.shortcut_top, patterns=table,
+                                                       planted=(planted["concept"], planted["finding"]))
+        if check is None:
+            continue
+        check["absent"] = planted["absent"]
+        if check.get("pattern") is not None:
+            check["reliance"] = planted_reliance(reliance, check["finding"], check["pattern"],
+                                                 -1 if planted["absent"] else 1)
+        shortcuts.append(check)
     ood_ref, ood = score_split(rd, run, attr, cfg, dev)
 
     import matplotlib.pyplot as plt  # pyplot only when figures are drawn
@@ -191,6 +201,7 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None
         "deletion_ratio": dict(zip(deletion["finding"], deletion["ratio"], strict=True)),
         "deletion_ratio_min": float(deletion["ratio"].min()),
         "shortcut": shortcut,
+        "shortcuts": shortcuts,
         "shortcut_share": None if shortcut is None else shortcut["share"],
         "shortcut_named": None if shortcut is None else shortcut.get("shortcut_named"),
         "shortcut_category_correct": None if shortcut is None else shortcut.get("category_correct"),
@@ -211,15 +222,17 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None
                              metrics=metrics)
 
 
-def planted_reliance(reliance: pd.DataFrame, finding: str, pattern: int) -> dict:
+def planted_reliance(reliance: pd.DataFrame, finding: str, pattern: int, direction: int = 1) -> dict:
     """Where the planted shortcut's pattern stands in its finding's reliance: its reliance and band, its rank among
-    the device and artifact patterns (0: the pattern is of another category) and whether it is flagged."""
+    the device and artifact patterns (0: the pattern is of another category), whether it is flagged, and its rank
+    among the device, artifact and structural patterns in the shortcut's ``direction`` (``shortcut_rank``)."""
     row = reliance[(reliance["finding"] == finding) & (reliance["pattern"] == pattern)]
     if row.empty:
         return {}
     r = row.iloc[0]
     return {"reliance": float(r.reliance), "lo": float(r.lo), "hi": float(r.hi), "rank": int(r["rank"]),
-            "confounder_rank": int(r.confounder_rank), "flagged": bool(r.flagged)}
+            "confounder_rank": int(r.confounder_rank), "flagged": bool(r.flagged),
+            "shortcut_rank": shortcut_rank(reliance, finding, pattern, direction)}
 
 
 def score_split(rd: RunDir, run, attr: Attribution, cfg: AttributionConfig, device) -> tuple[OODReference,

@@ -69,6 +69,9 @@ CONCEPTS: dict[str, Concept] = {
 }
 CONCEPT_NAMES: tuple[str, ...] = tuple(CONCEPTS)
 
+# The populations lanic_nb.phantom.population defines (named here so that a config checks its own value).
+POPULATION_NAMES: tuple[str, ...] = ("teaching", "chexpert")
+
 # The classified findings and the concept that plants each.
 FINDING_TO_CONCEPT: dict[str, str] = {
     "Atelectasis": "atelectasis",
@@ -109,9 +112,23 @@ class PhantomConfig:
     """Extra probability (noisy-OR on top of its state-driven rate) that the shortcut concept is planted on an image
     with the finding. Default: chosen on the phantom (a shortcut a classifier learns, weaker than the finding
     itself)."""
+    shortcut_absent: bool = False
+    """The shortcut concept follows the finding's absence instead (planted with ``shortcut_strength`` on films without
+    ``shortcut_finding``): a classifier that learns it lowers the finding's score where the concept is. Default: off
+    (it follows the finding's presence)."""
+    extra_shortcuts: list[dict] = field(default_factory=list)
+    """More planted shortcuts, each ``{"concept": ..., "finding": ..., "strength": ..., "absent": false}`` (the same
+    meaning as the ``shortcut_*`` settings; its base rate is the concept's own). Default: none (the benchmark suite
+    plants two shortcuts at once with it)."""
     shortcut_base: float | None = None
     """The shortcut concept's base rate (None: its own, from the concept table). Default: none (the concept table's
     rate)."""
+    population: str = "teaching"
+    """Which population's rates generate the films (``lanic_nb.phantom.population``): "teaching" (strong confounding
+    set by hand, the PORTABLE marker and the AP view one and the same) or "chexpert" (fitted to CheXpert's frontal
+    films: prevalences, co-occurrence, devices and AP films with and without each finding within 0.05; technique
+    drawn apart from the marker). Default: "teaching", the population every figure of the demo was first measured
+    on; the benchmark suite uses "chexpert"."""
     latent_states: bool = True
     """Draw the patients' latent states (acuity, cardiac history, chronic lung disease) that make concepts co-occur as
     in hospital data; False plants every concept independently at its base rate (the phantom encoder's pretraining
@@ -148,20 +165,49 @@ class PhantomConfig:
             )
         if self.shortcut_finding not in FINDING_TO_CONCEPT:
             raise ValueError(f"shortcut_finding must be one of {FINDINGS}, got {self.shortcut_finding!r}")
+        self.extra_shortcuts = [self._check_extra(e) for e in self.extra_shortcuts]
+        planted = [c for c, *_ in self.planted_shortcuts()]
+        if len(planted) != len(set(planted)):
+            raise ValueError(f"a concept may be planted as one shortcut only, got {planted}")
         for name in ("shortcut_strength", "shortcut_base"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.population not in POPULATION_NAMES:
+            raise ValueError(f"population must be one of {POPULATION_NAMES}, got {self.population!r}")
         fr = tuple(float(f) for f in self.split_fractions)
         if len(fr) != 3 or min(fr) < 0 or not np.isclose(sum(fr), 1.0):
             raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {fr}")
         self.split_fractions = fr
 
-    def base_rate(self, concept: str) -> float:
-        """The concept's rate in a patient with no latent state (before the states' uplifts)."""
+    @staticmethod
+    def _check_extra(extra: dict) -> dict:
+        if not isinstance(extra, dict) or set(extra) - {"concept", "finding", "strength", "absent"} or \
+                not {"concept", "finding", "strength"} <= set(extra):
+            raise ValueError("each of extra_shortcuts is {concept, finding, strength[, absent]}, got "
+                             f"{extra!r}")
+        if extra["concept"] not in CONCEPTS or extra["concept"] in FINDING_TO_CONCEPT.values():
+            raise ValueError(f"extra_shortcuts: {extra['concept']!r} is not a plantable non-finding concept")
+        if extra["finding"] not in FINDING_TO_CONCEPT:
+            raise ValueError(f"extra_shortcuts: finding must be one of {FINDINGS}, got {extra['finding']!r}")
+        if not 0.0 <= float(extra["strength"]) <= 1.0:
+            raise ValueError(f"extra_shortcuts: strength must be in [0, 1], got {extra['strength']}")
+        return {"concept": str(extra["concept"]), "finding": str(extra["finding"]),
+                "strength": float(extra["strength"]), "absent": bool(extra.get("absent", False))}
+
+    def planted_shortcuts(self) -> list[tuple[str, str, float, bool]]:
+        """Every planted shortcut as (concept, finding, strength, absent): ``shortcut_*`` first, then the extras."""
+        main = [(self.shortcut_concept, self.shortcut_finding, float(self.shortcut_strength),
+                 bool(self.shortcut_absent))] if self.shortcut_concept else []
+        return main + [(e["concept"], e["finding"], e["strength"], e["absent"]) for e in self.extra_shortcuts]
+
+    def base_rate(self, concept: str, default: float | None = None) -> float:
+        """The concept's rate in a patient with no latent state (before the states' uplifts): this config's override,
+        else ``default`` (a population's base rate), else the concept table's."""
         if concept == self.shortcut_concept and self.shortcut_base is not None:
             return float(self.shortcut_base)
-        return float(self.prevalence.get(concept, CONCEPTS[concept].prevalence))
+        fallback = CONCEPTS[concept].prevalence if default is None else default
+        return float(self.prevalence.get(concept, fallback))
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,7 @@ from lanic_nb.embed.encoders import CARD_NAME, CONFIG_NAME, PHANTOM_ENCODER_DIR,
 from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
 from lanic_nb.phantom.captions import describe, vocabulary_names
 from lanic_nb.phantom.config import CONCEPT_NAMES, PhantomConfig
-from lanic_nb.phantom.generate import generate_study, view_of
-from lanic_nb.phantom.reports import make_report
+from lanic_nb.phantom.generate import generate_study, study_report
 from lanic_nb.progress import progress
 
 log = logging.getLogger(__name__)
@@ -157,8 +156,7 @@ def stream_batch(cfg: PretrainConfig, step: int, names: dict[str, list[str]]
         if rng.random() < cfg.caption_fraction:
             texts.append(describe(rows, rng, names, rotated=states["rotated"]))
         else:
-            report = make_report(rows, np.random.default_rng([phantom.seed, 2, index]), view=view_of(rows),
-                                 rotated=states["rotated"])
+            report = study_report(phantom, index, rows, states)
             texts.append(sample_sentences(report.text, rng))
     return torch.stack(images), texts, torch.tensor(named)
 

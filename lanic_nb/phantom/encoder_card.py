@@ -29,8 +29,7 @@ from lanic_nb.io import read_tensors, write_tensors
 from lanic_nb.manifest import FINDINGS, split_by_patient
 from lanic_nb.metrics import probe_aurocs
 from lanic_nb.phantom.config import CONCEPT_NAMES, PhantomConfig
-from lanic_nb.phantom.generate import generate_study, patient_index, view_of
-from lanic_nb.phantom.reports import make_report
+from lanic_nb.phantom.generate import generate_study, patient_index, study_report
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +47,7 @@ def _fingerprint_images() -> tuple[torch.Tensor, str]:
         img, rows, states = generate_study(cfg, i)
         x = torch.from_numpy(img).float()[None, None]
         thumbs.append(F.avg_pool2d(x, FINGERPRINT_POOL)[0, 0])
-        report = make_report(rows, np.random.default_rng([cfg.seed, 2, i]), view=view_of(rows),
-                             rotated=states["rotated"])
+        report = study_report(cfg, i, rows, states)
         h.update(json.dumps([[r.concept, r.present, r.side, r.severity] for r in rows]).encode())
         h.update(json.dumps({k: v for k, v in states.items()}, sort_keys=True).encode())
         h.update(report.text.encode())
@@ -101,8 +99,7 @@ def held_out_phantom(cfg: PhantomConfig) -> tuple[torch.Tensor, pd.DataFrame, pd
     for i in range(cfg.n_images):
         img, rows, states = generate_study(cfg, i)
         images.append(torch.from_numpy(img))
-        report = make_report(rows, np.random.default_rng([cfg.seed, 2, i]), view=view_of(rows),
-                             rotated=states["rotated"])
+        report = study_report(cfg, i, rows, states)
         records.append({"image_id": f"ph{i:06d}", "patient_id": f"p{patient_index(cfg, i):05d}",
                         "report": report.text})
         truth.append({r.concept: r.present for r in rows})

@@ -28,10 +28,11 @@ from lanic_nb.phantom.config import CONCEPT_NAMES, CONCEPTS, FINDING_TO_CONCEPT,
 from lanic_nb.phantom.draw import render, sample_anatomy
 from lanic_nb.phantom.population import (
     STATES,
-    TECHNIQUE_BASE,
+    or_strength,
+    population_of,
     probability,
     sample_states,
-    shortcut_probability,
+    sample_technique,
 )
 from lanic_nb.progress import progress
 from lanic_nb.rundir import RunDir
@@ -51,7 +52,8 @@ def sample_truth(cfg: PhantomConfig, index: int, force: dict[str, bool | str] | 
 
     The patient's and the study's latent states (``lanic_nb.phantom.population``) set each concept's
     probability; the planted shortcut adds its own dependence on the shortcut finding. ``states`` also
-    holds the study's technique (``rotated``).
+    holds the study's technique (``rotated``; ``ap`` and ``bedside`` where the population draws them, and a
+    concept the population ``requires`` a technique for is present only with it).
     """
     rng = np.random.default_rng([cfg.seed, 1, index])
     n = len(CONCEPT_NAMES)
@@ -59,15 +61,20 @@ def sample_truth(cfg: PhantomConfig, index: int, force: dict[str, bool | str] | 
     u_params = rng.random((n, 8))  # per concept: side, severity, then six shape/location uniforms
     states = (sample_states(cfg, patient_index(cfg, index), index) if cfg.latent_states
               else dict.fromkeys(STATES, False))
-    p = {c: probability(c, states, cfg.base_rate(c)) for c in CONCEPT_NAMES}
+    pop = population_of(cfg)
+    p = {c: probability(c, states, pop.base_rate(cfg, c), pop) for c in CONCEPT_NAMES}
     present = {c: bool(u_present[k] < p[c]) for k, c in enumerate(CONCEPT_NAMES)}
-    if cfg.shortcut_concept:
-        k = CONCEPT_NAMES.index(cfg.shortcut_concept)
-        finding = present[FINDING_TO_CONCEPT[cfg.shortcut_finding]]
-        present[cfg.shortcut_concept] = bool(u_present[k] < shortcut_probability(cfg, p[cfg.shortcut_concept],
-                                                                                  finding))
+    for concept, finding, strength, absent in cfg.planted_shortcuts():
+        k = CONCEPT_NAMES.index(concept)
+        on = present[FINDING_TO_CONCEPT[finding]] != absent
+        present[concept] = bool(u_present[k] < or_strength(p[concept], strength, on))
+    technique = sample_technique(cfg, index, states)
+    for c, needs in pop.requires.items():
+        if c in present:
+            present[c] = present[c] and technique[needs]
     u_tech = np.random.default_rng([cfg.seed, 5, index]).random(2)
-    states["rotated"] = bool(u_tech[0] < probability("rotated", states, TECHNIQUE_BASE["rotated"]))
+    states["rotated"] = bool(u_tech[0] < probability("rotated", states, pop.base_rate(cfg, "rotated"), pop))
+    states.update(technique)
     forced_side = {}
     for c, on in (force or {}).items():
         if c not in CONCEPTS:
@@ -115,17 +122,27 @@ def generate_study(
     return render(anatomy, plants, cfg.image_size, rng), rows, states
 
 
-def view_of(rows: list[Planted]) -> str:
-    """Portable bedside films are AP; department films PA."""
+def view_of(rows: list[Planted], states: dict | None = None) -> str:
+    """"AP" or "PA": the drawn technique where the population draws one (``states["ap"]``), else the teaching
+    population's rule (a film with the PORTABLE marker is an AP bedside film, every other one PA)."""
+    if states is not None and "ap" in states:
+        return "AP" if states["ap"] else "PA"
     return "AP" if any(r.concept == "portable_marker" and r.present for r in rows) else "PA"
+
+
+def portable_of(rows: list[Planted], states: dict | None = None) -> bool:
+    """Whether the study is a bedside (portable) film: ``states["bedside"]`` where drawn, else an AP film."""
+    if states is not None and "bedside" in states:
+        return bool(states["bedside"])
+    return view_of(rows, states) == "AP"
 
 
 def study_report(cfg: PhantomConfig, index: int, rows: list[Planted], states: dict):
     """The templated report of study ``index`` (the one the dataset gets): a ``reports.Report``."""
     from lanic_nb.phantom.reports import make_report
 
-    return make_report(rows, np.random.default_rng([cfg.seed, 2, index]), view=view_of(rows),
-                       rotated=states["rotated"])
+    return make_report(rows, np.random.default_rng([cfg.seed, 2, index]), view=view_of(rows, states),
+                       rotated=states["rotated"], portable=portable_of(rows, states))
 
 
 def _write_png(path: Path, img: np.ndarray) -> None:
@@ -142,7 +159,7 @@ def _generate_chunk(
         img, rows, st = generate_study(cfg, i)
         iid = image_id(i)
         _write_png(img_dir / f"{iid}.png", img)
-        view = view_of(rows)
+        view = view_of(rows, st)
         report = study_report(cfg, i, rows, st)
         records.append(
             {
@@ -246,13 +263,14 @@ def summarize(cfg: PhantomConfig, manifest: pd.DataFrame, gt: pd.DataFrame, stat
             for f in FINDINGS
         },
     }
-    if cfg.shortcut_concept:
-        f = pres[FINDING_TO_CONCEPT[cfg.shortcut_finding]].to_numpy(bool)
-        s = pres[cfg.shortcut_concept].to_numpy(bool)
-        out["shortcut"] = {
-            "concept": cfg.shortcut_concept,
-            "finding": cfg.shortcut_finding,
-            "p_concept_given_finding": float(s[f].mean()) if f.any() else float("nan"),
-            "p_concept_given_no_finding": float(s[~f].mean()) if (~f).any() else float("nan"),
-        }
+    shortcuts = []
+    for concept, finding, _, absent in cfg.planted_shortcuts():
+        f = pres[FINDING_TO_CONCEPT[finding]].to_numpy(bool)
+        c = pres[concept].to_numpy(bool)
+        shortcuts.append({"concept": concept, "finding": finding, "absent": absent,
+                          "p_concept_given_finding": float(c[f].mean()) if f.any() else float("nan"),
+                          "p_concept_given_no_finding": float(c[~f].mean()) if (~f).any() else float("nan")})
+    if shortcuts:
+        out["shortcut"] = shortcuts[0]
+        out["shortcuts"] = shortcuts
     return out

@@ -159,10 +159,11 @@ def _pick(options: list[str], rng: np.random.Generator) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def make_report(truth: Iterable, rng: np.random.Generator, view: str = "PA", rotated: bool = False) -> Report:
-    """A FINDINGS/IMPRESSION report for one image from its truth rows (objects with concept, present,
-    side, severity) and its technique (``view``: "AP" for a portable bedside film; ``rotated``). The same
-    ``rng`` state gives the same text."""
+def make_report(truth: Iterable, rng: np.random.Generator, view: str = "PA", rotated: bool = False,
+                portable: bool | None = None) -> Report:
+    """An EXAMINATION/FINDINGS/IMPRESSION report for one image from its truth rows (objects with concept, present,
+    side, severity) and its technique (``view``: "AP" or "PA"; ``portable``: a bedside film, None: every AP film is
+    one; ``rotated``). The same ``rng`` state gives the same text."""
     rows = {r.concept: r for r in truth}
     findings_sentences: list[str] = []
     impression: list[str] = []
@@ -226,6 +227,8 @@ def make_report(truth: Iterable, rng: np.random.Generator, view: str = "PA", rot
             if not any(v == 1.0 or v == -1.0 for v in intended.values())
             else [findings_sentences[0]]
         )
-    exam = "Portable AP chest radiograph." if view == "AP" else "PA chest radiograph."
+    portable = view == "AP" if portable is None else portable and view == "AP"
+    exam = "Portable AP chest radiograph." if portable else "AP chest radiograph." if view == "AP" else \
+        "PA chest radiograph."
     text = f"EXAMINATION: {exam}\nFINDINGS: {' '.join(body) or 'Lungs are clear.'}\nIMPRESSION: {' '.join(impression)}"
     return Report(text, intended)

@@ -146,14 +146,18 @@ def data_metrics(run_dir: str | Path) -> dict:
         "label_uncertain_rate": {f: meta["label_rates"][f]["uncertain"] for f in FINDINGS},
         "shortcut": meta.get("shortcut", {}),
         "state_rates": meta.get("state_rates", {}),
+        "population": meta["config"].get("population", "teaching"),
     }
 
 
 def population_against_chexpert(run_dir: str | Path) -> pd.DataFrame | None:
-    """The run's planted population beside CheXpert's frontal training films (``data.population``): per finding its
-    prevalence and the rates of devices and AP films with and without it, and the findings' co-occurrence. None (with
-    a logged reason) where torchxrayvision, which ships CheXpert's table, is not installed."""
+    """CheXpert's frontal training films (``data.population``) beside the calibrated population's exact rates
+    (``phantom.calibrate``) and this run's planted truth: per finding its prevalence and the rates of devices and AP
+    films with and without it, and the findings' co-occurrence. None (with a logged reason) where torchxrayvision,
+    which ships CheXpert's table, is not installed."""
     from lanic_nb.data.population import chexpert_population, compare_populations, phantom_population
+    from lanic_nb.phantom.calibrate import expected_population
+    from lanic_nb.phantom.population import CHEXPERT
 
     rd = RunDir(Path(run_dir))
     try:
@@ -162,22 +166,38 @@ def population_against_chexpert(run_dir: str | Path) -> pd.DataFrame | None:
         logging.getLogger(__name__).warning("no comparison with CheXpert: %s", e)
         return None
     phantom = phantom_population(load_ground_truth(rd.root), pd.read_parquet(rd.manifest))
-    return compare_populations(CheXpert=chexpert, phantom=phantom)
+    name = read_json(rd.data / "meta.json")["config"].get("population", "teaching")
+    table = compare_populations(CheXpert=chexpert, **{f"this run ({name})": phantom})
+    table.insert(1, "calibrated (exact)", expected_population(CHEXPERT).reindex(table.index))
+    return table
+
+
+def population_gaps(table: pd.DataFrame) -> pd.DataFrame:
+    """Per column of ``population_against_chexpert``'s table (after CheXpert): the largest absolute difference from
+    CheXpert, the rate where it is, and whether it is within ``phantom.calibrate.TOLERANCE``."""
+    from lanic_nb.phantom.calibrate import TOLERANCE
+
+    gaps = table.drop(columns="CheXpert").sub(table["CheXpert"], axis=0).abs()
+    return pd.DataFrame({"largest difference": gaps.max(), "at": [" / ".join(i) for i in gaps.idxmax()],
+                         f"within {TOLERANCE}": gaps.max() <= TOLERANCE})
 
 
 def plot_population_against_chexpert(table: pd.DataFrame) -> plt.Figure:
-    """One panel per rate (prevalence, device and AP with / without the finding): CheXpert's bars beside the run's."""
+    """One panel per rate (prevalence, device and AP with / without the finding): a bar per column of ``table``
+    (CheXpert, the calibrated population, this run)."""
     from lanic_nb.data.population import RATE_COLUMNS
 
-    fig, axes = plt.subplots(1, len(RATE_COLUMNS), figsize=(3.0 * len(RATE_COLUMNS), 2.8), sharey=True)
+    fig, axes = plt.subplots(1, len(RATE_COLUMNS), figsize=(3.0 * len(RATE_COLUMNS), 3.1), sharey=True)
     x = np.arange(len(FINDINGS))
     for ax, rate in zip(axes, RATE_COLUMNS, strict=True):
         rows = table.xs(rate, level="rate").reindex(list(FINDINGS))
-        for k, (name, color) in enumerate(zip(rows.columns, ("#4c72b0", "#dd8452"), strict=False)):
-            ax.bar(x + (k - 0.5) * 0.4, rows[name], width=0.4, color=color, label=name)
+        width = 0.8 / len(rows.columns)
+        for k, (name, color) in enumerate(zip(rows.columns, ("#4c72b0", "#55a868", "#dd8452"), strict=False)):
+            ax.bar(x + (k - (len(rows.columns) - 1) / 2) * width, rows[name], width=width, color=color, label=name)
         ax.set_title(rate.replace("_", " "), fontsize=9)
         ax.set_xticks(x, [f.split()[-1][:6] for f in FINDINGS], fontsize=7, rotation=30)
     axes[0].set_ylim(0, 1)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lanic_nb.attribute.core import Attribution
-from lanic_nb.attribute.reliance import leans_on, reliance_lift, reliance_table
+from lanic_nb.attribute.reliance import leans_on, reliance_lift, reliance_table, shortcut_rank
 
 
 def _plain_lift(contrib: np.ndarray, act: np.ndarray, high: float = 0.25, low: float = 0.5) -> np.ndarray:
@@ -98,3 +98,15 @@ def test_reliance_checks_its_inputs():
     assert reliance_table(attr, np.ones_like(labels), table).empty  # no film without a finding
     none = attr._replace(contributions=attr.contributions[:, :0], activations=attr.activations[:, :0])
     assert reliance_table(none, labels, table.iloc[:0]).empty  # a run without patterns
+
+
+def test_shortcut_rank_in_the_shortcuts_direction_and_categories():
+    rel = pd.DataFrame({"finding": ["F"] * 5 + ["G"], "pattern": [0, 1, 2, 3, 4, 0],
+                        "category": ["artifact", "device", "structural", "pulmonary", "artifact", "artifact"],
+                        "reliance": [0.3, 0.5, -0.4, 0.9, -0.1, 0.0]})
+    assert shortcut_rank(rel, "F", 1) == 1 and shortcut_rank(rel, "F", 0) == 2
+    assert shortcut_rank(rel, "F", 2) == 4  # the most negative: last when the shortcut lifts
+    assert shortcut_rank(rel, "F", 2, direction=-1) == 1  # ... and first when it follows the finding's absence
+    assert shortcut_rank(rel, "F", 3) == 0  # a finding's own category is not ranked
+    assert shortcut_rank(rel, "G", 0) == 1 and shortcut_rank(rel, "G", 1) == 0
+    assert shortcut_rank(rel, "F", 2, categories=("artifact", "device")) == 0
