@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: demo test venv system lint bench docs results clean-notebooks phantom-encoder
+.PHONY: demo test venv system lint bench docs results clean-notebooks phantom-encoder phantom-encoder-gap
 
 venv: $(STAMP)
 
@@ -79,6 +79,11 @@ results: $(STAMP)
 # minutes on a GPU). Writes lanic_nb/resources/phantom_encoder/ (weights, tokenizer, card.json, fingerprint).
 phantom-encoder: $(STAMP)
 	$(PY) -m lanic_nb.phantom.encoder --work runs/phantom_encoder --out lanic_nb/resources/phantom_encoder
+
+# Its language-gap sibling (captions that never use the vocabulary's words, no tagging loss), resumable, into
+# runs/phantom_encoder_gap/encoder; then `$(PY) -m lanic_nb.benchmark --encoder local-dir:runs/phantom_encoder_gap/encoder --out runs/suite_gap`.
+phantom-encoder-gap: $(STAMP)
+	$(PY) -m lanic_nb.phantom.encoder --language-gap
 
 clean-notebooks: $(STAMP)
 	$(PY) -m lanic_nb.run_notebooks --strip notebooks/*.ipynb

@@ -25,11 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="these configurations only")
     parser.add_argument("--params", default="demo", help="the frozen settings: a params file (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rerun every stage even where nothing changed")
+    parser.add_argument("--encoder", help="another image-text encoder for every configuration (01_embed.model), e.g. "
+                        "local-dir:runs/phantom_encoder_gap/encoder, the language-gap encoder "
+                        "(python -m lanic_nb.phantom.encoder --language-gap); use another --out")
     parser.add_argument("--score-only", action="store_true",
                         help="score the configurations' finished runs in --out without running anything")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    table = run_suite(args.out, args.only, args.params, args.force, run=not args.score_only)
+    table = run_suite(args.out, args.only, args.params, args.force, run=not args.score_only,
+                      encoder=args.encoder)
     with pd.option_context("display.width", 220, "display.max_columns", 30, "display.float_format", "{:.2f}".format):
         logging.getLogger("lanic_nb.benchmark").info("%s", table.to_string(index=False))
     return 0

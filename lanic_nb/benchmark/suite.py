@@ -28,23 +28,27 @@ STAGE_NAMES: tuple[str, ...] = ("00_data", "01_embed", "02_classifier", "03_tran
                                 "06_attribution")
 
 
-def entry_params(folder: Path, entry: SuiteEntry, params: str | Path = "demo") -> Path:
-    """Write the configuration's params file: the frozen settings (``params``) and its phantom."""
+def entry_params(folder: Path, entry: SuiteEntry, params: str | Path = "demo", encoder: str | None = None) -> Path:
+    """Write the configuration's params file: the frozen settings (``params``), its phantom, and the encoder
+    (``01_embed.model``) where one is given."""
     path = folder / "params.yaml"
     folder.mkdir(parents=True, exist_ok=True)
     table = {"extends": str(params_path(params)), "00_data": {"phantom": entry.phantom}}
+    if encoder:
+        table["01_embed"] = {"model": encoder}
     with atomic_path(path, suffix=".yaml") as tmp:
         tmp.write_text(f"# {entry.name}: {entry.what}\n" + yaml.safe_dump(table, sort_keys=False), encoding="utf-8")
     return path
 
 
 def run_entry(out: str | Path, entry: SuiteEntry, params: str | Path = "demo", force: bool = False,
-              run: bool = True) -> dict:
+              run: bool = True, encoder: str | None = None) -> dict:
     """Run (or resume) one configuration; its row of the table, with the minutes its stages took in all.
-    ``run=False`` scores what the folder holds without running anything."""
+    ``run=False`` scores what the folder holds without running anything; ``encoder``: another image-text encoder
+    (``01_embed.model``, e.g. "local-dir:runs/phantom_encoder_gap/encoder")."""
     folder = Path(out) / entry.name
     if run:
-        entry_params(folder, entry, params)
+        entry_params(folder, entry, params, encoder)
     own = folder / "params.yaml"
     todo = stale_stages(folder, list(STAGE_NAMES), own, force=force, executed=False) if run else []
     for name in todo:
@@ -56,7 +60,7 @@ def run_entry(out: str | Path, entry: SuiteEntry, params: str | Path = "demo", f
 
 
 def run_suite(out: str | Path, names: list[str] | None = None, params: str | Path = "demo",
-              force: bool = False, run: bool = True) -> pd.DataFrame:
+              force: bool = False, run: bool = True, encoder: str | None = None) -> pd.DataFrame:
     """Run the chosen configurations (default: all of ``SUITE``) and write ``<out>/suite.csv`` and ``suite.json``:
     a row per configuration, then the mean and the worst. ``run=False``: score the finished runs only."""
     from lanic_nb.device import machine_line
@@ -69,11 +73,12 @@ def run_suite(out: str | Path, names: list[str] | None = None, params: str | Pat
     machine = machine_line()
     log.info("%s", machine)
     t0 = time.perf_counter()
-    rows = [run_entry(out, e, params, force, run) for e in chosen]
+    rows = [run_entry(out, e, params, force, run, encoder) for e in chosen]
     table = pd.DataFrame(rows, columns=[*COLUMNS, "minutes"])
     full = pd.concat([table, summary_rows(table[list(COLUMNS)])], ignore_index=True)
     write_table(out / "suite.csv", full)
     write_json(out / "suite.json", {"machine": machine, "params": str(params_path(params)),
+                                    "encoder": encoder or "the params file's (the shipped phantom encoder)",
                                     "configurations": {e.name: {"what": e.what, "phantom": e.phantom} for e in chosen},
                                     "rows": full.to_dict(orient="records"),
                                     "wall_minutes": (time.perf_counter() - t0) / 60})

@@ -6,11 +6,18 @@ each image is paired either with its clinical report (which leaves detector arti
 reports do) or with a caption that names everything visible, phrased with the names of the concept
 vocabulary (``lanic_nb/resources/concepts.csv``) and their synonyms. Captions are generated only for the
 encoder's pretraining stream, never for a run's dataset, so no stage of the pipeline reads them.
+
+The language-gap encoder's captions use other words: paraphrases, abbreviations and report-style wording from
+``lanic_nb/resources/caption_paraphrases.csv``, kept apart from the vocabulary, none of which contains its concept's
+vocabulary name or synonyms or is itself a vocabulary entry. Naming then asks that encoder about words it never saw
+for its concepts, as it asks BiomedCLIP.
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -36,6 +43,27 @@ def vocabulary_names() -> dict[str, list[str]]:
     return out
 
 
+PARAPHRASES = Path(__file__).resolve().parent.parent / "resources" / "caption_paraphrases.csv"
+CAPTION_WORDS: tuple[str, ...] = ("vocabulary", "paraphrase")
+
+
+def paraphrase_names(path: str | Path = PARAPHRASES) -> dict[str, list[str]]:
+    """Phantom concept -> its paraphrases (the language-gap encoder's caption words)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        table = {row["concept"]: [p.strip() for p in row["paraphrases"].split("|") if p.strip()]
+                 for row in csv.DictReader(f)}
+    if missing := [c for c in CONCEPT_NAMES if not table.get(c)]:
+        raise ValueError(f"{path} has no paraphrases for {missing}")
+    return {c: table[c] for c in CONCEPT_NAMES}
+
+
+def caption_names(words: str = "vocabulary") -> dict[str, list[str]]:
+    """The caption words of ``words``: "vocabulary" (the concept vocabulary's names and synonyms) or "paraphrase"."""
+    if words not in CAPTION_WORDS:
+        raise ValueError(f"words must be one of {CAPTION_WORDS}, got {words!r}")
+    return vocabulary_names() if words == "vocabulary" else paraphrase_names()
+
+
 def _qualifier(concept: str, side: str, severity: float, rng: np.random.Generator) -> str:
     """Size or degree for disease (not for devices and artifacts), then side, each some of the time."""
     words = []
@@ -56,7 +84,7 @@ def _fits_side(name: str, side: str) -> bool:
 
 def describe(rows: Iterable, rng: np.random.Generator, names: dict[str, list[str]], rotated: bool = False) -> str:
     """One caption naming every planted concept of an image (rows: objects with concept, present, side,
-    severity), in shuffled order, each by its vocabulary name (60%) or one of its synonyms."""
+    severity), in shuffled order, each by the first of its ``names`` (60%; the vocabulary's name) or another."""
     phrases = []
     for r in rows:
         if not r.present:

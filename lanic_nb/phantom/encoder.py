@@ -16,6 +16,10 @@ evaluation figures; see :mod:`lanic_nb.phantom.encoder_card`)::
 
     python -m lanic_nb.phantom.encoder --work runs/phantom_encoder --out lanic_nb/resources/phantom_encoder
 
+``--language-gap`` trains its sibling by the same recipe with captions and phrases that never use the concept
+vocabulary's words (:mod:`lanic_nb.phantom.captions`) and no tagging loss, into ``runs/phantom_encoder_gap``: the
+encoder to measure how naming degrades when the encoder does not know the words, as with BiomedCLIP.
+
 The demo loads it like any user's model: ``load_encoder("local-dir:<that folder>")`` (``model="phantom"``).
 """
 
@@ -49,7 +53,7 @@ from lanic_nb.embed.clip_small import (
 )
 from lanic_nb.embed.encoders import CARD_NAME, CONFIG_NAME, PHANTOM_ENCODER_DIR, WEIGHTS_NAME, preprocess_gray
 from lanic_nb.io import read_json, read_tensors, write_json, write_tensors
-from lanic_nb.phantom.captions import describe, vocabulary_names
+from lanic_nb.phantom.captions import CAPTION_WORDS, caption_names, describe
 from lanic_nb.phantom.config import CONCEPT_NAMES, PhantomConfig
 from lanic_nb.phantom.generate import generate_study, study_report
 from lanic_nb.progress import progress
@@ -95,6 +99,10 @@ class PretrainConfig:
     """Share of pairs whose text is a figure-style caption; the rest get their clinical report."""
     phrase_weight: float = 2.0
     """Weight of the image-phrase loss (every image against each concept's name and its negation)."""
+    words: str = "vocabulary"
+    """Whose names captions and phrases use: "vocabulary" (the concept vocabulary's names and synonyms, which naming
+    scores later) or "paraphrase" (``resources/caption_paraphrases.csv``: never those words; the language-gap
+    encoder, with ``tag_weight`` 0)."""
     tag_weight: float = 1.0
     """Weight of the tagging loss (the caption's concepts read linearly off the image embedding)."""
     pretrain_rate: float = 0.3
@@ -119,6 +127,8 @@ class PretrainConfig:
                              f"{self.image_size}")
         if not 0.0 <= self.caption_fraction <= 1.0 or not 0.0 < self.pretrain_rate < 1.0:
             raise ValueError("caption_fraction must be in [0, 1] and pretrain_rate in (0, 1)")
+        if self.words not in CAPTION_WORDS:
+            raise ValueError(f"words must be one of {CAPTION_WORDS}, got {self.words!r}")
         if self.phantom_seed == self.eval_seed:
             raise ValueError("eval_seed must differ from phantom_seed: the card is measured on unseen images")
 
@@ -266,7 +276,7 @@ def pretrain(work_dir: str | Path, cfg: PretrainConfig, device: str | torch.devi
     work = Path(work_dir)
     folder, ckpt = work / "model", work / "checkpoint"
     ckpt.mkdir(parents=True, exist_ok=True)
-    names = vocabulary_names()
+    names = caption_names(cfg.words)
     arch = cfg.architecture()
     if not (folder / CONFIG_NAME).exists():
         init_model_folder(folder, arch, tokenizer_texts(cfg, names))
@@ -351,11 +361,19 @@ def export(model: torch.nn.Module, folder: Path, out_dir: str | Path, cfg: Pretr
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path("runs/phantom_encoder"), help="checkpoints and model folder")
-    ap.add_argument("--out", type=Path, default=PHANTOM_ENCODER_DIR, help="where the shipped folder is written")
+    ap.add_argument("--work", type=Path, help="checkpoints and model folder (default: runs/phantom_encoder, or "
+                    "runs/phantom_encoder_gap with --language-gap)")
+    ap.add_argument("--out", type=Path, help=f"where the finished open_clip folder is written (default: the shipped "
+                    f"{PHANTOM_ENCODER_DIR.name}, or runs/phantom_encoder_gap/encoder with --language-gap)")
+    ap.add_argument("--language-gap", action="store_true",
+                    help="the language-gap encoder: the same recipe with captions and phrases in paraphrases that "
+                         "never use the concept vocabulary's words, and no tagging loss (hours on 2 CPU cores)")
     ap.add_argument("--steps", type=int, default=PretrainConfig.steps)
     ap.add_argument("--batch-size", type=int, default=PretrainConfig.batch_size)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--eval-every", type=int, default=PretrainConfig.eval_every,
+                    help="steps between progress checks (0: none; part of the recipe, so a run resumes only with "
+                         "the value it started with)")
     ap.add_argument("--eval-images", type=int, default=4000, help="held-out phantom images of the card")
     ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     ap.add_argument("--stop-at", type=int, help="stop after this step (with a checkpoint); rerun to continue")
@@ -363,7 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     from lanic_nb.phantom.encoder_card import evaluate_encoder
 
-    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size)
+    gap = args.language_gap
+    args.work = args.work or Path("runs/phantom_encoder_gap" if gap else "runs/phantom_encoder")
+    args.out = args.out or (Path("runs/phantom_encoder_gap/encoder") if gap else PHANTOM_ENCODER_DIR)
+    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, eval_every=args.eval_every,
+                         **({"words": "paraphrase", "tag_weight": 0.0} if gap else {}))
     model, folder, history = pretrain(args.work, cfg, args.device, resume=not args.fresh, stop_at=args.stop_at)
     if len(history["loss"]) < cfg.steps:
         log.info("stopped at step %d of %d; run the same command again to continue", len(history["loss"]), cfg.steps)

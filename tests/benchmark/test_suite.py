@@ -90,3 +90,17 @@ def test_one_configuration_end_to_end_and_resumed(tmp_path):
     assert {n: stage_record(out / "absence", n).stat().st_mtime_ns for n in records} == records
     with pytest.raises(ValueError, match="unknown suite configurations"):
         main(["--out", str(out), "--only", "nothing"])
+
+
+def test_a_configurations_params_freeze_the_demos_settings_and_name_the_encoder(tmp_path):
+    from lanic_nb.benchmark.suite import entry_params
+    from lanic_nb.settings import stage_config
+
+    entry = SUITE[0]
+    path = entry_params(tmp_path / entry.name, entry, "demo", encoder="local-dir:/elsewhere/gap")
+    assert stage_config("01_embed", path).model == "local-dir:/elsewhere/gap"
+    assert stage_config("01_embed", entry_params(tmp_path / "plain", entry)).model == "phantom"
+    phantom = stage_config("00_data", path).phantom
+    assert phantom == entry.phantom_config() and phantom.population == "chexpert"
+    for name in ("03_transcoders", "04_patterns", "06_attribution"):  # every other setting is the demo's
+        assert stage_config(name, path) == stage_config(name, "demo")

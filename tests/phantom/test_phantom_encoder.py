@@ -77,6 +77,52 @@ def test_pretraining_resumes_to_the_same_weights(tmp_path):
         pretrain(tmp_path / "b", replace(cfg, lr=5e-4), device="cpu")
 
 
+def test_language_gap_captions_never_use_the_vocabularys_words():
+    """The paraphrase table: every concept has paraphrases; none contains its concept's vocabulary name or synonyms or
+    is itself a vocabulary entry; a paraphrase stream's captions and phrases name nothing by the vocabulary's words."""
+    from lanic_nb.concepts.vocabulary import load_vocabulary, normalize_name
+    from lanic_nb.phantom.captions import caption_names, paraphrase_names
+    from lanic_nb.phantom.encoder import step_phrases
+
+    vocab = load_vocabulary()
+    entries = {normalize_name(c) for c in vocab["concept"]} | {normalize_name(x) for syns in vocab["synonyms"]
+                                                               for x in syns}
+    own = vocabulary_names()
+    gap = paraphrase_names()
+    assert set(gap) == set(CONCEPT_NAMES) and min(len(v) for v in gap.values()) >= 4
+    for concept, paraphrases in gap.items():
+        for p in paraphrases:
+            key = normalize_name(p)
+            assert key not in entries, p
+            assert not any(re.search(rf"(^| ){re.escape(normalize_name(n))}( |$)", key) for n in own[concept]), p
+    cfg = tiny(words="paraphrase", tag_weight=0.0)
+    assert caption_names("paraphrase") == gap
+    texts = []
+    for step in range(20):
+        _, batch_texts, _ = stream_batch(replace(cfg, caption_fraction=1.0), step, gap)
+        texts += batch_texts + step_phrases(np.random.default_rng(step), gap)
+    for text in texts:
+        key = normalize_name(text)
+        for concept, names in own.items():
+            canonical = normalize_name(names[0])
+            assert not re.search(rf"(^| ){re.escape(canonical)}( |$)", key), (concept, text)
+    with pytest.raises(ValueError, match="words must be one of"):
+        tiny(words="latin")
+
+
+def test_language_gap_command_never_writes_the_shipped_encoder(tmp_path, monkeypatch):
+    """--language-gap trains in its own folder (a first step, then stops as an interruption would), with the
+    paraphrase words and no tagging loss in its recipe."""
+    from lanic_nb.io import read_json
+    from lanic_nb.phantom.encoder import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--language-gap", "--stop-at", "1", "--batch-size", "4", "--eval-every", "0", "--device", "cpu"]) == 0
+    meta = read_json(tmp_path / "runs" / "phantom_encoder_gap" / "checkpoint" / "checkpoint.json")
+    assert meta["step"] == 1 and meta["config"]["words"] == "paraphrase" and meta["config"]["tag_weight"] == 0.0
+    assert not (tmp_path / "runs" / "phantom_encoder").exists()
+
+
 # ---- the shipped encoder ----
 
 def test_shipped_encoder_loads_through_local_dir_offline():
