@@ -215,6 +215,7 @@ def bench_markdown(folder: Path) -> str:
 SUITE_COLUMNS = {"config": "configuration", "shortcuts": "planted shortcuts", "recovery": "recovery",
                  "recovery_of_ceiling": "of ceiling", "names_top1": "names top-1", "names_category": "category",
                  "found": "found", "named": "named", "ranked_first": "first by reliance", "ranks": "reliance rank",
+                 "true_ranks": "true rank",
                  "false_alarms": "false alarms", "population_flags": "population flags"}
 
 

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lanic_nb.benchmark.counterfactual import counterfactual_effects, planted_effect_rank
 from lanic_nb.concepts.vocabulary import load_vocabulary, match_concept
 from lanic_nb.evaluation import finding_concept, ground_truth_matrix, load_ground_truth, planted_shortcuts
+from lanic_nb.io import write_table
 from lanic_nb.rundir import RunDir, load_metrics
 
 FOUND_AUROC = 0.9
@@ -32,7 +34,7 @@ POPULATION_Z = 2.0
 the finding by the population (about 2.5% by chance where the two are independent)."""
 
 COLUMNS = ("config", "shortcuts", "recovery", "recovery_of_ceiling", "names_top1", "names_category", "n_shortcuts",
-           "found", "named", "ranked_first", "ranks", "false_alarms", "population_flags")
+           "found", "named", "ranked_first", "ranks", "true_ranks", "false_alarms", "population_flags")
 
 
 def population_gap(truth: pd.DataFrame, concept: str, finding: str) -> tuple[float, float]:
@@ -74,8 +76,12 @@ def classify_flags(reliance: pd.DataFrame, truth: pd.DataFrame, shortcut_pattern
     return flagged.assign(kind=kinds)
 
 
-def score_run(run_dir: str | Path, name: str = "") -> dict:
-    """The suite's row for a finished run (its 04 and 06 metrics, its reliance table and its planted truth)."""
+def score_run(run_dir: str | Path, name: str = "", counterfactual: bool = False) -> dict:
+    """The suite's row for a finished run (its 04 and 06 metrics, its reliance table and its planted truth).
+
+    ``counterfactual``: also each planted concept's true rank (``benchmark.counterfactual``: by the change of its
+    finding's logit when the concept is drawn onto the test films, among the device, artifact and structural
+    concepts, in the shortcut's direction), kept in ``<run>/benchmark/counterfactual.parquet``."""
     rd = RunDir(Path(run_dir))
     m4, m6 = load_metrics(rd.root, "04_patterns"), load_metrics(rd.root, "06_attribution")
     checks = m6.get("shortcuts") or ([m6["shortcut"]] if m6.get("shortcut") else [])
@@ -90,6 +96,11 @@ def score_run(run_dir: str | Path, name: str = "") -> dict:
         named += bool(check.get("shortcut_named"))
         ranks.append(int((check.get("reliance") or {}).get("shortcut_rank", 0) or 0))
     patterns = {(c["finding"], int(c["pattern"])) for c in checks if c.get("pattern") is not None}
+    true_ranks = ""
+    if counterfactual and planted:
+        effects = _counterfactual_table(rd.root)
+        true_ranks = ", ".join(str(planted_effect_rank(effects, p["concept"], p["finding"], p["absent"])[1])
+                               for p in planted)
     flags = classify_flags(reliance, truth, patterns)
     return {
         "config": name or rd.root.name,
@@ -100,9 +111,19 @@ def score_run(run_dir: str | Path, name: str = "") -> dict:
         "n_shortcuts": len(checks), "found": found, "named": named,
         "ranked_first": sum(r == 1 for r in ranks), "ranks": ", ".join(str(r) if r else "other category"
                                                                       for r in ranks),
+        "true_ranks": true_ranks,
         "false_alarms": int((flags["kind"] == "false alarm").sum()),
         "population_flags": int((flags["kind"] == "population").sum()),
     }
+
+
+def _counterfactual_table(root: Path) -> pd.DataFrame:
+    path = root / "benchmark" / "counterfactual.parquet"
+    if path.exists():
+        return pd.read_parquet(path)
+    table = counterfactual_effects(root)
+    write_table(path, table)
+    return table
 
 
 def summary_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -117,5 +138,5 @@ def summary_rows(table: pd.DataFrame) -> pd.DataFrame:
         mean[col], worst[col] = num[col].mean(), num[col].min()
     for col in ("false_alarms", "population_flags", "n_shortcuts"):
         mean[col], worst[col] = num[col].mean(), num[col].max()
-    mean["ranks"] = worst["ranks"] = ""
+    mean["ranks"] = worst["ranks"] = mean["true_ranks"] = worst["true_ranks"] = ""
     return pd.DataFrame([mean, worst], columns=list(COLUMNS))

@@ -54,7 +54,7 @@ def run_entry(out: str | Path, entry: SuiteEntry, params: str | Path = "demo", f
     for name in todo:
         log.info("[%s] %s", entry.name, name)
         run_stage(name, folder, own)
-    row = score_run(folder, entry.name)
+    row = score_run(folder, entry.name, counterfactual=True)
     row["minutes"] = sum(read_json(stage_record(folder, n)).get("seconds", 0.0) for n in STAGE_NAMES) / 60
     return row
 
@@ -70,7 +70,9 @@ def run_suite(out: str | Path, names: list[str] | None = None, params: str | Pat
         raise ValueError(f"unknown suite configurations {unknown}; known: {', '.join(known)}")
     chosen = [known[n] for n in names] if names else list(SUITE)
     out = Path(out)
-    machine = machine_line()
+    previous = out / "suite.json"
+    # scoring alone keeps the machine the stages ran on
+    machine = read_json(previous)["machine"] if not run and previous.exists() else machine_line()
     log.info("%s", machine)
     t0 = time.perf_counter()
     rows = [run_entry(out, e, params, force, run, encoder) for e in chosen]

@@ -59,10 +59,11 @@ def test_summary_rows_mean_and_worst():
     table = pd.DataFrame([
         {"config": "a", "shortcuts": "x", "recovery": 0.9, "recovery_of_ceiling": 1.0, "names_top1": 0.8,
          "names_category": 1.0, "n_shortcuts": 2, "found": 2, "named": 1, "ranked_first": 1, "ranks": "1, 3",
+         "true_ranks": "1, 2",
          "false_alarms": 0, "population_flags": 2},
         {"config": "b", "shortcuts": "none", "recovery": 0.7, "recovery_of_ceiling": 0.8, "names_top1": 1.0,
          "names_category": 0.9, "n_shortcuts": 0, "found": 0, "named": 0, "ranked_first": 0, "ranks": "",
-         "false_alarms": 1, "population_flags": 0}], columns=list(COLUMNS))
+         "true_ranks": "", "false_alarms": 1, "population_flags": 0}], columns=list(COLUMNS))
     mean, worst = summary_rows(table).set_index("config").loc[["mean", "worst"]].to_dict(orient="records")
     assert mean["recovery"] == pytest.approx(0.8) and worst["recovery"] == pytest.approx(0.7)
     assert worst["names_top1"] == pytest.approx(0.8) and worst["names_category"] == pytest.approx(0.9)
@@ -84,12 +85,42 @@ def test_one_configuration_end_to_end_and_resumed(tmp_path):
     assert json.loads((out / "suite.json").read_text())["machine"].startswith("machine:")
     metrics = json.loads((out / "absence" / "metrics" / "06_attribution.json").read_text())
     assert metrics["shortcuts"][0]["absent"] is True and "shortcut_rank" in metrics["shortcuts"][0]["reliance"]
-    assert score_run(out / "absence")["config"] == "absence"
+    row = score_run(out / "absence", counterfactual=True)
+    assert row["config"] == "absence" and row["true_ranks"].isdigit()
+    effects = pd.read_parquet(out / "absence" / "benchmark" / "counterfactual.parquet")
+    assert set(effects["category"]) == {"device", "artifact", "structural"}
+    assert effects.groupby("finding")["rank"].apply(lambda r: sorted(r) == list(range(1, len(r) + 1))).all()
+    _redrawn_films_embed_as_stored(out / "absence")
     records = {n: stage_record(out / "absence", n).stat().st_mtime_ns for n in ("00_data", "03_transcoders")}
     assert main(["--out", str(out), "--params", "small", "--only", "absence"]) == 0
     assert {n: stage_record(out / "absence", n).stat().st_mtime_ns for n in records} == records
     with pytest.raises(ValueError, match="unknown suite configurations"):
         main(["--out", str(out), "--only", "nothing"])
+
+
+def _redrawn_films_embed_as_stored(run_dir):
+    """The counterfactual's films, redrawn without a forced concept, embed exactly as stage 01 embedded their PNGs."""
+    import torch
+
+    from lanic_nb.benchmark.counterfactual import embed_films, run_phantom_config
+    from lanic_nb.embed.store import EmbeddingStore
+    from lanic_nb.explain.model import load_run_encoder
+
+    store = EmbeddingStore.open(run_dir / "embed")
+    encoder = load_run_encoder(run_dir.resolve(), store.header, torch.device("cpu"))
+    manifest = pd.read_parquet(run_dir / "data" / "manifest.parquet")
+    rows = [0, 7, 11]
+    got = embed_films(encoder, run_phantom_config(run_dir), [int(i[2:]) for i in manifest["image_id"].iloc[rows]])
+    np.testing.assert_allclose(got.numpy(), np.stack([store.image[r] for r in rows]), atol=1e-6)
+
+
+def test_planted_effect_rank_in_the_shortcuts_direction():
+    from lanic_nb.benchmark.counterfactual import planted_effect_rank
+
+    effects = pd.DataFrame({"finding": "F", "concept": ["a", "b", "c"], "effect": [0.5, -0.8, 0.1]})
+    assert planted_effect_rank(effects, "a", "F") == (0.5, 1)
+    assert planted_effect_rank(effects, "b", "F") == (-0.8, 3)
+    assert planted_effect_rank(effects, "b", "F", absent=True) == (-0.8, 1)
 
 
 def test_a_configurations_params_freeze_the_demos_settings_and_name_the_encoder(tmp_path):
