@@ -266,8 +266,3 @@ def or_strength(p: float, strength: float, on: bool) -> float:
     shortcut is ``on`` (its finding present, or absent for a shortcut that follows absence)."""
     return 1.0 - (1.0 - p) * (1.0 - strength) if on else p
 
-
-def shortcut_probability(cfg: PhantomConfig, p: float, finding_present: bool) -> float:
-    """The main shortcut concept's probability: ``or_strength`` with ``shortcut_strength`` where the shortcut finding
-    is present (absent with ``shortcut_absent``)."""
-    return or_strength(p, cfg.shortcut_strength, finding_present != cfg.shortcut_absent)
