@@ -39,8 +39,8 @@ from lanic_nb.rundir import RunDir, load_metrics
 from lanic_nb.settings import stage_config
 
 METRIC_KEYS = {"n_images", "n_patterns", "identity_max_error", "patterns_for_90", "deletion_k", "deletion_ratio",
-               "deletion_ratio_min", "shortcut", "shortcut_share", "shortcut_named", "shortcut_category_correct",
-               "evidence", "ood", "reliance", "reliance_flagged"}
+               "deletion_ratio_min", "shortcut", "shortcuts", "shortcut_share", "shortcut_named",
+               "shortcut_category_correct", "evidence", "ood", "reliance", "reliance_flagged"}
 ARTIFACTS = ("contributions.parquet", "summary.parquet", "patterns_for_90.parquet", "patterns_for_90.png",
              "deletion.parquet", "insertion.parquet", "insertion.png", "evidence.parquet", "reliance.parquet",
              "reliance.png")
@@ -317,6 +317,7 @@ def test_run_attribution_writes_exact_tables(tiny_run, tmp_path):
     assert set(m) == METRIC_KEYS and m["n_images"] == len(run.rows)
     assert m["identity_max_error"] < 1e-5 and m["n_patterns"] == n_pat and m["deletion_k"] == 5
     assert set(m["deletion_ratio"]) == set(FINDINGS) and m["shortcut"] is None and m["shortcut_share"] is None
+    assert m["shortcuts"] == []
     assert m["deletion_ratio_min"] == pytest.approx(min(m["deletion_ratio"].values()))
     assert res.terms.index.tolist() == sorted(FINDINGS) and (res.terms >= 0).all().all()
 
@@ -342,6 +343,7 @@ def test_run_attribution_on_the_small_phantom_run(small_run, tmp_path):
     assert m["reliance_flagged"] == int(rel.flagged.sum()) <= 5  # at most one flagged pattern per finding
     placed = rel[(rel.finding == sc["finding"]) & (rel.pattern == sc["pattern"])].iloc[0]
     assert sc["reliance"]["confounder_rank"] == placed.confounder_rank and sc["reliance"]["rank"] == placed["rank"]
+    assert m["shortcuts"] == [sc] and sc["absent"] is False  # one planted shortcut: the main one
 
 
 @pytest.mark.notebook
