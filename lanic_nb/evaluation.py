@@ -92,15 +92,10 @@ def load_tile_truth(folder: str | Path) -> pd.DataFrame:
 
 
 def planted_shortcut(run_dir: str | Path) -> tuple[str, str] | None:
-    """(concept, finding) of the shortcut the phantom planted in a run, read from its ``data/meta.json``.
-
-    The phantom writes its config there (``shortcut_concept``, ``shortcut_finding``); a run that plants
-    none, or a real dataset, gives None.
-    """
-    path = RunDir(Path(run_dir)).data / "meta.json"
-    cfg = read_json(path).get("config", {}) if path.exists() else {}
-    concept, finding = cfg.get("shortcut_concept"), cfg.get("shortcut_finding")
-    return (str(concept), str(finding)) if concept and finding else None
+    """(concept, finding) of the main shortcut the phantom planted in a run (the first of ``planted_shortcuts``);
+    None for a run that plants none, or a real dataset."""
+    planted = planted_shortcuts(run_dir)
+    return (planted[0]["concept"], planted[0]["finding"]) if planted else None
 
 
 def planted_shortcuts(run_dir: str | Path) -> list[dict]:

@@ -230,16 +230,10 @@ def conditional_rate(pop: Population, cfg: PhantomConfig, name: str, states: Map
     return p * conditional_rate(pop, cfg, needs, states) if needs else p
 
 
-def expected_rate(name: str, base: float, population: Population = TEACHING,
-                  cfg: PhantomConfig | None = None) -> float:
-    """P(name) over the population without a planted shortcut (``base``: the rate with no state)."""
+def expected_rate(name: str, population: Population = TEACHING, cfg: PhantomConfig | None = None) -> float:
+    """P(name) over the population without a planted shortcut (base rates: ``cfg``'s overrides on the population's)."""
     cfg = cfg or PhantomConfig(population=population.name)
-    total = 0.0
-    for w, states in state_weights(population):
-        p = probability(name, states, base, population)
-        needs = population.requires.get(name)
-        total += w * (p * conditional_rate(population, cfg, needs, states) if needs else p)
-    return float(total)
+    return float(sum(w * conditional_rate(population, cfg, name, states) for w, states in state_weights(population)))
 
 
 def rates_table(cfg: PhantomConfig | None = None) -> pd.DataFrame:
@@ -254,7 +248,7 @@ def rates_table(cfg: PhantomConfig | None = None) -> pd.DataFrame:
                "base": base}
         row.update({f"+{s}": pop.uplift.get(name, {}).get(s, 0.0) for s in STATES})
         row["only on"] = pop.requires.get(name, "")
-        row["expected rate (no shortcut)"] = expected_rate(name, base, pop, cfg)
+        row["expected rate (no shortcut)"] = expected_rate(name, pop, cfg)
         row["shortcut"] = "; ".join(f"+{strength:g} if {'no ' if absent else ''}{finding}"
                                     for c, finding, strength, absent in cfg.planted_shortcuts() if c == name)
         rows.append(row)

@@ -10,7 +10,7 @@ import pytest
 from lanic_nb.data.labeler import label_report, label_reports, split_sentences
 from lanic_nb.manifest import FINDINGS
 from lanic_nb.phantom.config import PhantomConfig
-from lanic_nb.phantom.generate import sample_truth, view_of
+from lanic_nb.phantom.generate import sample_truth, study_report
 from lanic_nb.phantom.reports import make_report
 
 A, C, CO, E, P = FINDINGS
@@ -109,7 +109,7 @@ def test_generated_reports_read_back_as_written():
     seen = {1.0: 0, 0.0: 0, -1.0: 0}
     for i in range(400):
         rows, _, _, st = sample_truth(cfg, i)
-        rep = make_report(rows, np.random.default_rng([cfg.seed, 2, i]), view=view_of(rows), rotated=st["rotated"])
+        rep = study_report(cfg, i, rows, st)
         got = label_report(rep.text)
         for f in FINDINGS:
             want = rep.intended[f]
@@ -151,8 +151,7 @@ def test_reports_mention_technique_but_not_detector_artifacts():
     rotated_said = 0
     for i in range(600):
         rows, _, _, st = sample_truth(cfg, i)
-        text = make_report(rows, np.random.default_rng([cfg.seed, 2, i]), view=view_of(rows),
-                           rotated=st["rotated"]).text
+        text = study_report(cfg, i, rows, st).text
         low = text.lower()
         for word in ("marker", "grid", "collimat", "burned", "text"):
             assert word not in low, (word, text)
