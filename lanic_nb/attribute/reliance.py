@@ -16,6 +16,8 @@ another finding (edema with effusion) is the population's own confounding, not a
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import pandas as pd
 import torch
@@ -128,6 +130,21 @@ def shortcut_rank(reliance: pd.DataFrame, finding: str, pattern: int, direction:
     order = g.assign(score=direction * g["reliance"].astype(float)).sort_values("score", ascending=False,
                                                                                  kind="stable")
     return int(np.flatnonzero(order["pattern"].to_numpy() == pattern)[0]) + 1
+
+
+def concept_rank(reliance: pd.DataFrame, finding: str, names: Collection[str], direction: int = 1,
+                 categories: tuple[str, ...] = SHORTCUT_CATEGORIES) -> tuple[int, int | None]:
+    """Where a concept stands among what ``finding`` leans on, read by name as a user reads the table: the
+    finding's patterns of ``categories`` are grouped by name (several patterns may carry one concept; each name
+    keeps its best pattern) and ranked by reliance times ``direction``; returns (the rank of the best name in
+    ``names``, the pattern that carries it), or (0, None) when no pattern of those categories has such a name."""
+    g = reliance[(reliance["finding"] == finding) & reliance["category"].isin(categories)]
+    g = g.assign(score=direction * g["reliance"].astype(float)).sort_values("score", ascending=False, kind="stable")
+    best = g.drop_duplicates("name", keep="first").reset_index(drop=True)
+    hits = np.flatnonzero(best["name"].isin(list(names)).to_numpy())
+    if not len(hits):
+        return 0, None
+    return int(hits[0]) + 1, int(best["pattern"].iloc[hits[0]])
 
 
 def leans_on(reliance: pd.DataFrame) -> dict[str, dict]:

@@ -39,10 +39,11 @@ from lanic_nb.attribute.ood import (
     pool_rows,
     unexplained_share,
 )
-from lanic_nb.attribute.reliance import leans_on, reliance_table, shortcut_rank
-from lanic_nb.attribute.shortcut import shortcut_check
+from lanic_nb.attribute.reliance import concept_rank, leans_on, reliance_table, shortcut_rank
+from lanic_nb.attribute.shortcut import is_named, shortcut_check
 from lanic_nb.attribute.views import plot_insertion, plot_mass_distribution, plot_reliance
 from lanic_nb.checks import check_selection, require_at_least_one
+from lanic_nb.concepts.vocabulary import load_vocabulary
 from lanic_nb.device import pick_device
 from lanic_nb.embed.store import load_embedded
 from lanic_nb.evaluation import planted_shortcuts
@@ -170,7 +171,7 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None
         check["absent"] = planted["absent"]
         if check.get("pattern") is not None:
             check["reliance"] = planted_reliance(reliance, check["finding"], check["pattern"],
-                                                 -1 if planted["absent"] else 1)
+                                                 -1 if planted["absent"] else 1, concept=planted["concept"])
         shortcuts.append(check)
     ood_ref, ood = score_split(rd, run, attr, cfg, dev)
 
@@ -222,17 +223,28 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None
                              metrics=metrics)
 
 
-def planted_reliance(reliance: pd.DataFrame, finding: str, pattern: int, direction: int = 1) -> dict:
+def planted_reliance(reliance: pd.DataFrame, finding: str, pattern: int, direction: int = 1,
+                     concept: str | None = None) -> dict:
     """Where the planted shortcut's pattern stands in its finding's reliance: its reliance and band, its rank among
     the device and artifact patterns (0: the pattern is of another category), whether it is flagged, and its rank
-    among the device, artifact and structural patterns in the shortcut's ``direction`` (``shortcut_rank``)."""
+    among the device, artifact and structural patterns in the shortcut's ``direction`` (``shortcut_rank``). With
+    ``concept``: also the concept's rank by name (``concept_rank``: the best of the patterns named for it, as a user
+    reads the table), the pattern that carries it and whether that one is flagged."""
     row = reliance[(reliance["finding"] == finding) & (reliance["pattern"] == pattern)]
     if row.empty:
         return {}
     r = row.iloc[0]
-    return {"reliance": float(r.reliance), "lo": float(r.lo), "hi": float(r.hi), "rank": int(r["rank"]),
-            "confounder_rank": int(r.confounder_rank), "flagged": bool(r.flagged),
-            "shortcut_rank": shortcut_rank(reliance, finding, pattern, direction)}
+    out = {"reliance": float(r.reliance), "lo": float(r.lo), "hi": float(r.hi), "rank": int(r["rank"]),
+           "confounder_rank": int(r.confounder_rank), "flagged": bool(r.flagged),
+           "shortcut_rank": shortcut_rank(reliance, finding, pattern, direction)}
+    if concept is not None:
+        vocab = load_vocabulary()
+        names = {n for n in reliance["name"].astype(str).unique() if is_named(n, concept, vocab)}
+        rank, carrier = concept_rank(reliance, finding, names, direction)
+        hit = reliance[(reliance["finding"] == finding) & (reliance["pattern"] == carrier)]
+        out |= {"concept_rank": rank, "concept_pattern": carrier,
+                "concept_flagged": bool(hit["flagged"].iloc[0]) if len(hit) else False}
+    return out
 
 
 def score_split(rd: RunDir, run, attr: Attribution, cfg: AttributionConfig, device) -> tuple[OODReference,

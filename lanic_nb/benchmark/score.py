@@ -1,9 +1,10 @@
 """Score a finished run (stages 00-04 and 06) against its planted truth: one row of the suite's table.
 
 Per planted shortcut: **found** when a pattern detects its concept (the best detector's AUROC at least
-``FOUND_AUROC``), **named** when that pattern's first name is the concept or a synonym, **rank** of that pattern by
-reliance (``attribute.reliance.shortcut_rank``: among the finding's device, artifact and structural patterns, in the
-shortcut's direction; 1 is first; "other category" when the pattern is named into a finding's category).
+``FOUND_AUROC``), **named** when that pattern's first name is the concept or a synonym, **rank** of the concept by
+reliance as a user reads the table (``attribute.reliance.concept_rank``: the finding's device, artifact and structural
+patterns grouped by name, in the shortcut's direction; 1 is first; "other category" when no pattern of those
+categories is named for it).
 
 **False alarms**: patterns the reliance figure flags (``attribute.reliance``) that are no planted shortcut's pattern
 and whose concept the films do not tie to the finding. The population's own confounding is judged on the planted
@@ -58,16 +59,17 @@ def _truth_concept(name: str, concepts: list[str], vocab: pd.DataFrame) -> str |
     return next((c for c in concepts if match_concept(c, vocab) == key), None)
 
 
-def classify_flags(reliance: pd.DataFrame, truth: pd.DataFrame, shortcut_patterns: set[tuple[str, int]],
+def classify_flags(reliance: pd.DataFrame, truth: pd.DataFrame, shortcuts: set[tuple[str, str]],
                    vocab: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The flagged rows of a reliance table, each with ``kind``: "shortcut" (a planted shortcut's pattern for its
-    finding), "population" (named for a concept the population ties to the finding) or "false alarm"."""
+    """The flagged rows of a reliance table, each with ``kind``: "shortcut" (named for a planted shortcut's concept,
+    on its finding: ``shortcuts`` holds (finding, concept) pairs), "population" (named for a concept the population
+    ties to the finding) or "false alarm"."""
     vocab = load_vocabulary() if vocab is None else vocab
     flagged = reliance[reliance["flagged"].astype(bool)].copy()
     kinds, concepts = [], list(truth.columns)
     for r in flagged.itertuples():
         concept = _truth_concept(str(r.name), concepts, vocab)
-        if (r.finding, int(r.pattern)) in shortcut_patterns:
+        if (r.finding, concept) in shortcuts:
             kinds.append("shortcut")
         elif concept is not None and population_gap(truth, concept, r.finding)[1] >= POPULATION_Z:
             kinds.append("population")
@@ -94,14 +96,14 @@ def score_run(run_dir: str | Path, name: str = "", counterfactual: bool = False)
     for check in checks:
         found += float(check.get("pattern_auroc", 0.0) or 0.0) >= FOUND_AUROC
         named += bool(check.get("shortcut_named"))
-        ranks.append(int((check.get("reliance") or {}).get("shortcut_rank", 0) or 0))
-    patterns = {(c["finding"], int(c["pattern"])) for c in checks if c.get("pattern") is not None}
+        rel = check.get("reliance") or {}
+        ranks.append(int(rel.get("concept_rank", rel.get("shortcut_rank", 0)) or 0))
     true_ranks = ""
     if counterfactual and planted:
         effects = _counterfactual_table(rd.root)
         true_ranks = ", ".join(str(planted_effect_rank(effects, p["concept"], p["finding"], p["absent"])[1])
                                for p in planted)
-    flags = classify_flags(reliance, truth, patterns)
+    flags = classify_flags(reliance, truth, {(p["finding"], p["concept"]) for p in planted})
     return {
         "config": name or rd.root.name,
         "shortcuts": "; ".join(f"{p['concept']} -> {'no ' if p['absent'] else ''}{p['finding']}" for p in planted)

@@ -24,9 +24,11 @@ from lanic_nb.attribute.core import (
 )
 from lanic_nb.attribute.evidence import evidence_shares
 from lanic_nb.attribute.faithfulness import deletion_test, insertion_curves
-from lanic_nb.attribute.shortcut import shortcut_check, stratified_aurocs, top_pattern_hits
+from lanic_nb.attribute.reliance import SHORTCUT_CATEGORIES
+from lanic_nb.attribute.shortcut import is_named, shortcut_check, stratified_aurocs, top_pattern_hits
 from lanic_nb.attribute.stage import AttributionConfig, run_attribution
 from lanic_nb.attribute.views import plot_insertion
+from lanic_nb.concepts.vocabulary import load_vocabulary
 from lanic_nb.evaluation import finding_concept, ground_truth_matrix, load_ground_truth, planted_shortcut
 from lanic_nb.io import read_table
 from lanic_nb.manifest import FINDINGS
@@ -344,6 +346,15 @@ def test_run_attribution_on_the_small_phantom_run(small_run, tmp_path):
     placed = rel[(rel.finding == sc["finding"]) & (rel.pattern == sc["pattern"])].iloc[0]
     assert sc["reliance"]["confounder_rank"] == placed.confounder_rank and sc["reliance"]["rank"] == placed["rank"]
     assert m["shortcuts"] == [sc] and sc["absent"] is False  # one planted shortcut: the main one
+    # By name: the concept's rank counts names, so it is never behind the check's own pattern's rank.
+    # By name: the concept is carried by its strongest pattern named for it, if any.
+    vocab = load_vocabulary()
+    carriers = rel[(rel.finding == sc["finding"]) & rel.category.isin(SHORTCUT_CATEGORIES)
+                   & rel.name.map(lambda n: is_named(n, sc["concept"], vocab))].sort_values("reliance", ascending=False)
+    if carriers.empty:
+        assert sc["reliance"]["concept_rank"] == 0 and sc["reliance"]["concept_pattern"] is None
+    else:
+        assert sc["reliance"]["concept_pattern"] == carriers.pattern.iloc[0] and sc["reliance"]["concept_rank"] >= 1
 
 
 @pytest.mark.notebook

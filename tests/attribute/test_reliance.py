@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lanic_nb.attribute.core import Attribution
-from lanic_nb.attribute.reliance import leans_on, reliance_lift, reliance_table, shortcut_rank
+from lanic_nb.attribute.reliance import concept_rank, leans_on, reliance_lift, reliance_table, shortcut_rank
 
 
 def _plain_lift(contrib: np.ndarray, act: np.ndarray, high: float = 0.25, low: float = 0.5) -> np.ndarray:
@@ -110,3 +110,19 @@ def test_shortcut_rank_in_the_shortcuts_direction_and_categories():
     assert shortcut_rank(rel, "F", 3) == 0  # a finding's own category is not ranked
     assert shortcut_rank(rel, "G", 0) == 1 and shortcut_rank(rel, "G", 1) == 0
     assert shortcut_rank(rel, "F", 2, categories=("artifact", "device")) == 0
+
+
+def test_concept_rank_reads_names_as_a_user_does():
+    """Several patterns may carry one concept: names are ranked by their best pattern, so a concept is first when any
+    of its patterns leads, and its rank counts the other names above it, not their patterns."""
+    rel = pd.DataFrame({"finding": ["F"] * 6,
+                        "pattern": [0, 1, 2, 3, 4, 5],
+                        "name": ["marker", "tube", "tube", "marker", "lungs", "grid"],
+                        "category": ["artifact", "device", "device", "artifact", "pulmonary", "artifact"],
+                        "reliance": [0.05, 0.4, 0.3, 0.5, 0.9, -0.6]})
+    assert concept_rank(rel, "F", {"marker"}) == (1, 3)  # pattern 3 leads, though pattern 0 is third
+    assert concept_rank(rel, "F", {"tube"}) == (2, 1)  # one name above it, however many of its patterns
+    assert shortcut_rank(rel, "F", 0) == 4  # by pattern, the weaker marker pattern stands behind both tubes
+    assert concept_rank(rel, "F", {"grid"}) == (3, 5) and concept_rank(rel, "F", {"grid"}, direction=-1) == (1, 5)
+    assert concept_rank(rel, "F", {"lungs"}) == (0, None)  # a finding's own category is not ranked
+    assert concept_rank(rel, "F", set()) == (0, None) and concept_rank(rel, "G", {"marker"}) == (0, None)

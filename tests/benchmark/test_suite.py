@@ -51,7 +51,7 @@ def test_flags_are_sorted_into_shortcut_population_and_false_alarm():
     rel = pd.DataFrame({"finding": "Pleural Effusion", "pattern": [0, 1, 2, 3, 4],
                         "name": ["portable film", "central venous catheter", "grid lines", "", "pleural effusion"],
                         "flagged": [True, True, True, True, False], "reliance": 0.1})
-    kinds = classify_flags(rel, truth, {("Pleural Effusion", 0)}).set_index("pattern")["kind"]
+    kinds = classify_flags(rel, truth, {("Pleural Effusion", "portable_marker")}).set_index("pattern")["kind"]
     assert kinds.to_dict() == {0: "shortcut", 1: "population", 2: "false alarm", 3: "false alarm"}
 
 
@@ -84,7 +84,8 @@ def test_one_configuration_end_to_end_and_resumed(tmp_path):
     assert 0 <= row["recovery"] <= 1 and 0 <= row["names_top1"] <= 1 and row["false_alarms"] >= 0
     assert json.loads((out / "suite.json").read_text())["machine"].startswith("machine:")
     metrics = json.loads((out / "absence" / "metrics" / "06_attribution.json").read_text())
-    assert metrics["shortcuts"][0]["absent"] is True and "shortcut_rank" in metrics["shortcuts"][0]["reliance"]
+    assert metrics["shortcuts"][0]["absent"] is True
+    assert {"shortcut_rank", "concept_rank", "concept_pattern"} <= set(metrics["shortcuts"][0]["reliance"])
     row = score_run(out / "absence", counterfactual=True)
     assert row["config"] == "absence" and row["true_ranks"].isdigit()
     effects = pd.read_parquet(out / "absence" / "benchmark" / "counterfactual.parquet")
