@@ -132,19 +132,27 @@ def shortcut_rank(reliance: pd.DataFrame, finding: str, pattern: int, direction:
     return int(np.flatnonzero(order["pattern"].to_numpy() == pattern)[0]) + 1
 
 
-def concept_rank(reliance: pd.DataFrame, finding: str, names: Collection[str], direction: int = 1,
-                 categories: tuple[str, ...] = SHORTCUT_CATEGORIES) -> tuple[int, int | None]:
-    """Where a concept stands among what ``finding`` leans on, read by name as a user reads the table: the
-    finding's patterns of ``categories`` are grouped by name (several patterns may carry one concept; each name
-    keeps its best pattern) and ranked by reliance times ``direction``; returns (the rank of the best name in
-    ``names``, the pattern that carries it), or (0, None) when no pattern of those categories has such a name."""
+def by_name(reliance: pd.DataFrame, finding: str, direction: int = 1,
+            categories: tuple[str, ...] = SHORTCUT_CATEGORIES) -> pd.DataFrame:
+    """``finding``'s rows of ``categories`` read by name, as a user reads the table: each name keeps its best pattern
+    by reliance times ``direction``, names ordered best first, ranked from 1 (the index)."""
     g = reliance[(reliance["finding"] == finding) & reliance["category"].isin(categories)]
     g = g.assign(score=direction * g["reliance"].astype(float)).sort_values("score", ascending=False, kind="stable")
-    best = g.drop_duplicates("name", keep="first").reset_index(drop=True)
-    hits = np.flatnonzero(best["name"].isin(list(names)).to_numpy())
+    out = g.drop_duplicates("name", keep="first").drop(columns="score").reset_index(drop=True)
+    out.index += 1
+    return out
+
+
+def concept_rank(reliance: pd.DataFrame, finding: str, names: Collection[str], direction: int = 1,
+                 categories: tuple[str, ...] = SHORTCUT_CATEGORIES) -> tuple[int, int | None]:
+    """Where a concept stands among what ``finding`` leans on, read by name (``by_name``: several patterns may
+    carry one concept; each name keeps its best pattern): (the rank of the best name in ``names``, the pattern that
+    carries it), or (0, None) when no pattern of ``categories`` has such a name."""
+    best = by_name(reliance, finding, direction, categories)
+    hits = best.index[best["name"].isin(list(names)).to_numpy()]
     if not len(hits):
         return 0, None
-    return int(hits[0]) + 1, int(best["pattern"].iloc[hits[0]])
+    return int(hits[0]), int(best.loc[hits[0], "pattern"])
 
 
 def leans_on(reliance: pd.DataFrame) -> dict[str, dict]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lanic_nb.attribute.core import Attribution
-from lanic_nb.attribute.reliance import concept_rank, leans_on, reliance_lift, reliance_table, shortcut_rank
+from lanic_nb.attribute.reliance import by_name, concept_rank, leans_on, reliance_lift, reliance_table, shortcut_rank
 
 
 def _plain_lift(contrib: np.ndarray, act: np.ndarray, high: float = 0.25, low: float = 0.5) -> np.ndarray:
@@ -120,6 +120,9 @@ def test_concept_rank_reads_names_as_a_user_does():
                         "name": ["marker", "tube", "tube", "marker", "lungs", "grid"],
                         "category": ["artifact", "device", "device", "artifact", "pulmonary", "artifact"],
                         "reliance": [0.05, 0.4, 0.3, 0.5, 0.9, -0.6]})
+    table = by_name(rel, "F")
+    assert table["name"].tolist() == ["marker", "tube", "grid"] and table.index.tolist() == [1, 2, 3]
+    assert table["pattern"].tolist() == [3, 1, 5] and by_name(rel, "F", direction=-1)["name"].iloc[0] == "grid"
     assert concept_rank(rel, "F", {"marker"}) == (1, 3)  # pattern 3 leads, though pattern 0 is third
     assert concept_rank(rel, "F", {"tube"}) == (2, 1)  # one name above it, however many of its patterns
     assert shortcut_rank(rel, "F", 0) == 4  # by pattern, the weaker marker pattern stands behind both tubes
