@@ -5,6 +5,7 @@ trained with seed i."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -48,21 +49,36 @@ class _MemberSampler:
             g.set_state(s.clone())
 
 
+def data_digest(*tensors: torch.Tensor, rows: int = 65536) -> str:
+    """SHA-256 of the tensors' shapes and float32 values, read in blocks of ``rows`` rows (no full host copy of
+    a device tensor): what a checkpoint was trained on."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(repr(tuple(t.shape)).encode())
+        for i in range(0, len(t), rows):
+            h.update(t[i:i + rows].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _save_checkpoint(folder: Path, model: TranscoderEnsemble, opt: torch.optim.Optimizer,
-                     sampler: _MemberSampler, step: int, log_rows: list[dict]) -> None:
+                     sampler: _MemberSampler, step: int, log_rows: list[dict], data: str) -> None:
     tensors = training_tensors(model, opt)
     tensors["rng"] = sampler.state()
     write_tensors(folder / "checkpoint.safetensors", tensors)
     # The JSON goes last: a checkpoint counts only once its JSON names the step (both writes are atomic).
-    write_json(folder / "checkpoint.json", {"step": step, "config": model.cfg.to_dict(), "log": log_rows})
+    write_json(folder / "checkpoint.json", {"step": step, "config": model.cfg.to_dict(), "data": data,
+                                            "log": log_rows})
 
 
 def _load_checkpoint(folder: Path, model: TranscoderEnsemble, opt: torch.optim.Optimizer,
-                     sampler: _MemberSampler) -> tuple[int, list[dict]] | None:
+                     sampler: _MemberSampler, data: str) -> tuple[int, list[dict]] | None:
     meta_path = folder / "checkpoint.json"
     if not meta_path.exists():
         return None
     meta = read_json(meta_path)
+    if meta.get("data") != data:  # other films, another classifier's targets, or written before this check
+        log.warning("checkpoint in %s was trained on other data (or does not say which); starting afresh", folder)
+        return None
     # Through from_dict, so a checkpoint written before a config field existed reads it at its default.
     saved = {k: v for k, v in TranscoderConfig.from_dict(meta["config"]).to_dict().items() if k != "steps"}
     ours = {k: v for k, v in model.cfg.to_dict().items() if k != "steps"}
@@ -133,8 +149,9 @@ def train_ensemble(
     """Train all members at once on inputs X (n, d_in) and targets H (n, d_out).
 
     With ``checkpoint_dir`` the full state (weights, optimizer moments, every member's RNG state, step,
-    log) is written every ``cfg.checkpoint_every`` steps and at the end; with ``resume`` a later call
-    continues from it, and the result equals one uninterrupted run (``steps`` may be raised to go on).
+    log, and a digest of X and H) is written every ``cfg.checkpoint_every`` steps and at the end; with ``resume`` a
+    later call on the same X and H continues from it, and the result equals one uninterrupted run (``steps`` may be
+    raised to go on); other data or another config starts afresh.
     The log has one row per logging step: step, and per-member means of loss terms, FVU and L0.
     """
     device = torch.device(device)
@@ -168,7 +185,8 @@ def _fit(cfg: TranscoderConfig, X: torch.Tensor, H: torch.Tensor, device: torch.
     opt = make_optimizer(model)
     step, log_rows = 0, []
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt is not None and resume and (loaded := _load_checkpoint(ckpt, model, opt, sampler)) is not None:
+    digest = data_digest(X, H) if ckpt is not None else ""
+    if ckpt is not None and resume and (loaded := _load_checkpoint(ckpt, model, opt, sampler, digest)) is not None:
         step, log_rows = loaded
         log.info("resumed transcoder training at step %d", step)
     log_every = max(1, cfg.steps // 50)
@@ -188,7 +206,7 @@ def _fit(cfg: TranscoderConfig, X: torch.Tensor, H: torch.Tensor, device: torch.
                                  .sum(-1).div(model.latent_mask.sum(-1)).mean().item()))
             bar.set_postfix(fvu=f"{log_rows[-1]['fvu']:.3f}", l0=f"{log_rows[-1]['l0']:.1f}", refresh=False)
         if ckpt is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            _save_checkpoint(ckpt, model, opt, sampler, step + 1, log_rows)
+            _save_checkpoint(ckpt, model, opt, sampler, step + 1, log_rows, digest)
     model._steps_done = cfg.steps
     model.eval()
     return model, pd.DataFrame(log_rows)

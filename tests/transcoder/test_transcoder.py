@@ -9,7 +9,7 @@ from lanic_nb.classify.model import ClassifierConfig, DiagnosticClassifier
 from lanic_nb.transcoder.config import ACTIVATIONS, TranscoderConfig
 from lanic_nb.transcoder.metrics import ensemble_metrics
 from lanic_nb.transcoder.model import TranscoderEnsemble
-from lanic_nb.transcoder.train import train_ensemble
+from lanic_nb.transcoder.train import data_digest, train_ensemble
 
 
 def planted(n: int = 256, d_in: int = 12, d_out: int = 10, n_concepts: int = 24, seed: int = 0):
@@ -155,6 +155,29 @@ def test_resume_equals_uninterrupted(activation, tmp_path):
     again, _ = train_ensemble(tiny(activation=activation, n_members=2, steps=14), X, H, checkpoint_dir=ckpt,
                               resume=False, progress=False)
     assert torch.allclose(again.W_enc, full.W_enc, atol=1e-6)
+
+
+def test_a_checkpoint_of_other_data_is_not_resumed(tmp_path, caplog):
+    """A stage rerun because its inputs changed (other films, another classifier) must not continue, or return, a
+    checkpoint trained on the old ones: the same config on other data trains afresh."""
+    X, H = planted()
+    ckpt = tmp_path / "ckpt"
+    train_ensemble(tiny(n_members=2, steps=14), X, H, checkpoint_dir=ckpt, progress=False)  # finished
+    X2, H2 = X.flip(0), H.flip(0) * 1.5  # the same shapes, other rows and targets
+    fresh, fresh_log = train_ensemble(tiny(n_members=2, steps=14), X2, H2, progress=False)
+    with caplog.at_level("WARNING", logger="lanic_nb.transcoder.train"):
+        rerun, rerun_log = train_ensemble(tiny(n_members=2, steps=14), X2, H2, checkpoint_dir=ckpt, progress=False)
+    assert "trained on other data" in caplog.text
+    for name, t in fresh.state_dict().items():
+        assert torch.allclose(rerun.state_dict()[name], t, atol=1e-6), name
+    assert rerun_log.loss.tolist() == pytest.approx(fresh_log.loss.tolist())
+    # ...and the new checkpoint now names the new data: the same call resumes at its end without a warning.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lanic_nb.transcoder.train"):
+        again, _ = train_ensemble(tiny(n_members=2, steps=14), X2, H2, checkpoint_dir=ckpt, progress=False)
+    assert "trained on other data" not in caplog.text and torch.equal(again.W_enc, rerun.W_enc)
+    assert data_digest(X, H) != data_digest(X2, H2) and data_digest(X, H) == data_digest(X.clone(), H.clone())
+    assert data_digest(X, H, rows=5) == data_digest(X, H)  # the block size does not change it
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
