@@ -73,7 +73,8 @@ docs: $(STAMP)
 # runs/suite: `$(PY) -m lanic_nb.benchmark` (the benchmark suite, about 70 minutes on 2 cores; resumable)
 results: $(STAMP)
 	$(PY) -m lanic_nb.report --run demo=$(RUN) --run "phantom B=runs/phantom_b" --bench runs/bench \
-	  $(if $(wildcard runs/suite/suite.json),--suite runs/suite/suite.json)
+	  $(if $(wildcard runs/suite/suite.json),--suite runs/suite/suite.json) \
+	  $(if $(wildcard runs/suite_gap/suite.json),--suite-gap runs/suite_gap/suite.json)
 
 # The shipped phantom encoder's recipe, resumable: rerun to continue after an interruption (hours on 2 CPU cores,
 # minutes on a GPU). Writes lanic_nb/resources/phantom_encoder/ (weights, tokenizer, card.json, fingerprint).

@@ -18,7 +18,9 @@ import logging
 import sys
 from pathlib import Path
 
+from lanic_nb.embed.encoders import PHANTOM_ENCODER_DIR
 from lanic_nb.io import atomic_path
+from lanic_nb.manifest import FINDINGS
 from lanic_nb.settings import field_docs, from_dict, get_setting, leaf_settings, read_params, setting_doc
 from lanic_nb.stages import STAGES
 
@@ -245,6 +247,25 @@ def suite_markdown(path: Path) -> str:
     return "\n".join(out)
 
 
+def encoder_cards_markdown(cards: dict[str, Path]) -> str:
+    """One row per phantom encoder from its ``card.json`` (``python -m lanic_nb.phantom.encoder`` writes it): how
+    many of the planted concepts a linear probe on its image embedding finds (AUROC at the card's target), the
+    weakest ones, zero-shot AUROC per finding with the mean, and report retrieval."""
+    out = ["| encoder | probe AUROC >= target (of concepts) | weakest probes | zero-shot AUROC Atel / Cardio / "
+           "Consol / Edema / Effusion (mean) | recall@10 (chance) | steps, machine |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for label, path in cards.items():
+        card = json.loads(Path(path).read_text())
+        ev, tr = card["evaluation"], card.get("training", {})
+        probe = ev["probe_auroc"]
+        weakest = ", ".join(f"{c} {a:.2f}" for c, a in sorted(probe.items(), key=lambda kv: kv[1])[:3])
+        zs = " / ".join(f"{ev['zeroshot_auroc'][f]:.3f}" for f in FINDINGS)
+        out.append(f"| {label} | {ev['probe_at_target']} of {len(probe)} (>= {ev['probe_target']}) | {weakest} | "
+                   f"{zs} ({ev['zeroshot_auroc_mean']:.3f}) | {ev['recall@10']:.2f} ({ev['recall@10_chance']:.3f}) | "
+                   f"{tr.get('steps', '')}, {_cell(tr.get('machine', ''))} |")
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------------------------------ command line
 
 
@@ -253,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", action="append", default=[], help="LABEL=RUN_DIR (repeatable), e.g. demo=runs/demo")
     ap.add_argument("--bench", type=Path, help="a folder of benchmark records (runs/bench)")
     ap.add_argument("--suite", type=Path, help="the benchmark suite's suite.json (runs/suite/suite.json)")
+    ap.add_argument("--suite-gap", type=Path, help="the suite run with the language-gap encoder (runs/suite_gap/"
+                    "suite.json), shown with both encoders' cards")
+    ap.add_argument("--gap-card", type=Path, default=ROOT / "runs" / "phantom_encoder_gap" / "encoder" / "card.json",
+                    help="the language-gap encoder's card.json (default: %(default)s)")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--settings-only", action="store_true", help="write docs/settings.md only")
@@ -273,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         log.info("updated %s", update_block(args.readme, "figures", figures_table(runs)))
     if args.suite is not None:
         log.info("updated %s", update_block(args.readme, "suite", suite_markdown(args.suite)))
+    if args.suite_gap is not None:
+        cards = {"shipped": PHANTOM_ENCODER_DIR / "card.json", "language gap": args.gap_card}
+        body = encoder_cards_markdown(cards) + "\n\n" + suite_markdown(args.suite_gap)
+        log.info("updated %s", update_block(args.readme, "suite-gap", body))
     if args.bench is not None:
         log.info("updated %s", update_block(args.docs / "benchmarks.md", "benchmarks", bench_markdown(args.bench)))
     return 0

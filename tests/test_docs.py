@@ -3,6 +3,7 @@ from the docstrings) builds offline without a warning."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lanic_nb.report import settings_markdown, suite_markdown, update_block
+from lanic_nb.embed.encoders import PHANTOM_ENCODER_DIR
+from lanic_nb.report import main, settings_markdown, suite_markdown, update_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,9 +37,7 @@ def test_generated_blocks_replace_only_their_own_text(tmp_path):
         update_block(page, "other", "x")
 
 
-def test_the_suite_table_comes_from_its_record(tmp_path):
-    import json
-
+def _suite_record(folder: Path) -> Path:
     rows = [{"config": "marker", "shortcuts": "portable_marker -> Edema", "recovery": 0.86, "recovery_of_ceiling": 0.95,
              "names_top1": 0.9, "names_category": 1.0, "n_shortcuts": 1, "found": 1, "named": 1, "ranked_first": 0,
              "ranks": "2", "true_ranks": "3", "false_alarms": 0, "population_flags": 2, "minutes": 8.0},
@@ -47,14 +47,43 @@ def test_the_suite_table_comes_from_its_record(tmp_path):
             {"config": "worst", "shortcuts": "", "recovery": 0.8, "recovery_of_ceiling": 0.9, "names_top1": 0.8,
              "names_category": 0.9, "n_shortcuts": 1, "found": 1.0, "named": 1.0, "ranked_first": 0.0, "ranks": "",
              "false_alarms": 1, "population_flags": 2, "minutes": None}]
-    path = tmp_path / "suite.json"
+    path = folder / "suite.json"
     path.write_text(json.dumps({"machine": "machine: test", "rows": rows}))
-    table = suite_markdown(path).splitlines()
+    return path
+
+
+def test_the_suite_table_comes_from_its_record(tmp_path):
+    table = suite_markdown(_suite_record(tmp_path)).splitlines()
     assert table[0].startswith("| configuration | planted shortcuts | recovery")
     marker = "| marker | portable_marker -> Edema | 0.86 | 0.95 | 0.90 | 1.00 | 1/1 | 1/1 | 0/1 | 2 | 3 | 0 | 2 |"
     assert marker in table
     assert "| none | none | 0.80 | 0.90 | 0.80 | 0.90 | - | - | - |  |  | 1 | 0 |" in table
     assert table[-1] == "machine: test; the configurations' stages took 15 min in all"
+
+
+def test_the_language_gap_block_shows_both_encoders_cards_and_its_suite(tmp_path):
+    """`make results` with --suite-gap: the shipped encoder's card and the language-gap encoder's, then that suite's
+    table, between README's suite-gap markers."""
+    card = json.loads((PHANTOM_ENCODER_DIR / "card.json").read_text())
+    ev = card["evaluation"]
+    ev["probe_auroc"] = {c: 0.5 + i / 100 for i, c in enumerate(ev["probe_auroc"])}  # concept 0 weakest
+    ev["probe_at_target"], ev["zeroshot_auroc_mean"] = 3, 0.612
+    ev["zeroshot_auroc"] = dict.fromkeys(ev["zeroshot_auroc"], 0.612)
+    gap = tmp_path / "card.json"
+    gap.write_text(json.dumps(card))
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- BEGIN generated: suite-gap -->\nnot yet\n<!-- END generated: suite-gap -->\nb\n")
+    assert main(["--suite-gap", str(_suite_record(tmp_path)), "--gap-card", str(gap), "--readme", str(readme),
+                 "--docs", str(tmp_path)]) == 0
+    text = readme.read_text()
+    assert "not yet" not in text and text.startswith("a\n") and text.endswith("\nb\n")
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    assert "21 of 23" in rows["| shipped"] and "(0.996)" in rows["| shipped"]
+    first = next(iter(card["evaluation"]["probe_auroc"]))
+    assert f"3 of 23 (>= 0.95) | {first} 0.50," in rows["| language gap"]
+    assert "0.612 / 0.612 / 0.612 / 0.612 / 0.612 (0.612)" in rows["| language gap"]
+    assert rows["| marker"].startswith("| marker | portable_marker -> Edema | 0.86")
+    assert "machine: test; the configurations' stages took 15 min in all" in text
 
 
 def test_the_docs_site_builds_offline(tmp_path):
