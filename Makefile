@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: demo test venv system lint bench docs results clean-notebooks phantom-encoder phantom-encoder-gap
+.PHONY: demo test venv system lint bench docs results clean-notebooks phantom-encoder phantom-encoder-gap language-gap
 
 venv: $(STAMP)
 
@@ -82,9 +82,15 @@ phantom-encoder: $(STAMP)
 	$(PY) -m lanic_nb.phantom.encoder --work runs/phantom_encoder --out lanic_nb/resources/phantom_encoder
 
 # Its language-gap sibling (captions that never use the vocabulary's words, no tagging loss), resumable, into
-# runs/phantom_encoder_gap/encoder; then `$(PY) -m lanic_nb.benchmark --encoder local-dir:runs/phantom_encoder_gap/encoder --out runs/suite_gap`.
+# runs/phantom_encoder_gap/encoder.
 phantom-encoder-gap: $(STAMP)
 	$(PY) -m lanic_nb.phantom.encoder --language-gap
+
+# The whole language-gap measurement in one resumable command: that encoder (about 2 h on 2 CPU cores), the suite
+# with it into runs/suite_gap (about 70 min), then README's tables. Each step continues where it stopped.
+language-gap: phantom-encoder-gap
+	$(PY) -m lanic_nb.benchmark --encoder local-dir:runs/phantom_encoder_gap/encoder --out runs/suite_gap
+	$(MAKE) results
 
 clean-notebooks: $(STAMP)
 	$(PY) -m lanic_nb.run_notebooks --strip notebooks/*.ipynb
