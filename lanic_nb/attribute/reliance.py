@@ -124,21 +124,24 @@ def shortcut_rank(reliance: pd.DataFrame, finding: str, pattern: int, direction:
     """Where ``pattern`` stands among ``finding``'s patterns of ``categories`` by reliance times ``direction`` (1:
     lifts the finding, -1: lowers it, as a concept that follows the finding's absence does), largest first; 0 when
     the pattern is not of those categories."""
-    g = reliance[(reliance["finding"] == finding) & reliance["category"].isin(categories)]
-    if pattern not in set(g["pattern"]):
+    order = _ordered(reliance, finding, direction, categories)
+    if pattern not in set(order["pattern"]):
         return 0
-    order = g.assign(score=direction * g["reliance"].astype(float)).sort_values("score", ascending=False,
-                                                                                 kind="stable")
     return int(np.flatnonzero(order["pattern"].to_numpy() == pattern)[0]) + 1
+
+
+def _ordered(reliance: pd.DataFrame, finding: str, direction: int, categories: tuple[str, ...]) -> pd.DataFrame:
+    """``finding``'s rows of ``categories``, largest reliance times ``direction`` first."""
+    g = reliance[(reliance["finding"] == finding) & reliance["category"].isin(categories)]
+    return g.iloc[np.argsort(-(direction * g["reliance"].astype(float).to_numpy()), kind="stable")]
 
 
 def by_name(reliance: pd.DataFrame, finding: str, direction: int = 1,
             categories: tuple[str, ...] = SHORTCUT_CATEGORIES) -> pd.DataFrame:
     """``finding``'s rows of ``categories`` read by name, as a user reads the table: each name keeps its best pattern
     by reliance times ``direction``, names ordered best first, ranked from 1 (the index)."""
-    g = reliance[(reliance["finding"] == finding) & reliance["category"].isin(categories)]
-    g = g.assign(score=direction * g["reliance"].astype(float)).sort_values("score", ascending=False, kind="stable")
-    out = g.drop_duplicates("name", keep="first").drop(columns="score").reset_index(drop=True)
+    out = _ordered(reliance, finding, direction, categories).drop_duplicates("name", keep="first")
+    out = out.reset_index(drop=True)
     out.index += 1
     return out
 
