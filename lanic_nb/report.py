@@ -2,7 +2,7 @@
 of current figures and the benchmarks' table. Figures are never typed by hand: rerun this after a run.
 
     python -m lanic_nb.report --run demo=runs/demo --run "phantom B=runs/phantom_b" --bench runs/bench \
-        --suite runs/suite/suite.json
+        --suite runs/suite/suite.json --suite-gap runs/suite_gap/suite.json
     python -m lanic_nb.report --settings-only        # docs/settings.md from the code alone (make docs runs this)
 
 A generated part of a hand-written page sits between ``<!-- BEGIN generated: NAME -->`` and
@@ -247,6 +247,28 @@ def suite_markdown(path: Path) -> str:
     return "\n".join(out)
 
 
+COMPARE_COLUMNS = {"recovery": "recovery", "names_top1": "names top-1", "names_category": "category",
+                   "found": "found", "named": "named", "ranked_first": "first by reliance",
+                   "false_alarms": "false alarms"}
+
+
+def suite_comparison_markdown(suites: dict[str, Path]) -> str:
+    """The suite's key columns per configuration with two (or more) encoders side by side, ``A / B`` in each cell,
+    in the order of ``suites``; configurations missing from one suite show ``?`` there."""
+    records = {label: json.loads(Path(p).read_text()) for label, p in suites.items()}
+    by_config = {label: {row["config"]: row for row in r["rows"]} for label, r in records.items()}
+    order = list(dict.fromkeys(c for rows in by_config.values() for c in rows))
+    labels = " / ".join(suites)
+    out = [f"| configuration ({labels}) | " + " | ".join(COMPARE_COLUMNS.values()) + " |",
+           "| --- |" + " --- |" * len(COMPARE_COLUMNS)]
+    for config in order:
+        cells = [" / ".join(_suite_cell(rows[config], col) if config in rows else "?" for rows in by_config.values())
+                 for col in COMPARE_COLUMNS]
+        out.append(f"| {config} | " + " | ".join(cells) + " |")
+    out += [""] + [f"{label}: {r['machine']}" for label, r in records.items()]
+    return "\n".join(out)
+
+
 def encoder_cards_markdown(cards: dict[str, Path]) -> str:
     """One row per phantom encoder from its ``card.json`` (``python -m lanic_nb.phantom.encoder`` writes it): how
     many of the planted concepts a linear probe on its image embedding finds (AUROC at the card's target), the
@@ -275,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench", type=Path, help="a folder of benchmark records (runs/bench)")
     ap.add_argument("--suite", type=Path, help="the benchmark suite's suite.json (runs/suite/suite.json)")
     ap.add_argument("--suite-gap", type=Path, help="the suite run with the language-gap encoder (runs/suite_gap/"
-                    "suite.json), shown with both encoders' cards")
+                    "suite.json): README shows both encoders' cards and the two suites side by side, "
+                    "docs/benchmarks.md its full table; needs --suite")
     ap.add_argument("--gap-card", type=Path, default=ROOT / "runs" / "phantom_encoder_gap" / "encoder" / "card.json",
                     help="the language-gap encoder's card.json (default: %(default)s)")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs")
@@ -298,10 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         log.info("updated %s", update_block(args.readme, "figures", figures_table(runs)))
     if args.suite is not None:
         log.info("updated %s", update_block(args.readme, "suite", suite_markdown(args.suite)))
+    if args.suite is not None:
+        log.info("updated %s", update_block(args.docs / "benchmarks.md", "suite", suite_markdown(args.suite)))
     if args.suite_gap is not None:
+        if args.suite is None:
+            ap.error("--suite-gap compares with the shipped encoder's suite: give --suite as well")
         cards = {"shipped": PHANTOM_ENCODER_DIR / "card.json", "language gap": args.gap_card}
-        body = encoder_cards_markdown(cards) + "\n\n" + suite_markdown(args.suite_gap)
+        suites = {"shipped": args.suite, "language gap": args.suite_gap}
+        body = encoder_cards_markdown(cards) + "\n\n" + suite_comparison_markdown(suites)
         log.info("updated %s", update_block(args.readme, "suite-gap", body))
+        log.info("updated %s", update_block(args.docs / "benchmarks.md", "suite-gap", suite_markdown(args.suite_gap)))
     if args.bench is not None:
         log.info("updated %s", update_block(args.docs / "benchmarks.md", "benchmarks", bench_markdown(args.bench)))
     return 0

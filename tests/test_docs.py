@@ -61,9 +61,9 @@ def test_the_suite_table_comes_from_its_record(tmp_path):
     assert table[-1] == "machine: test; the configurations' stages took 15 min in all"
 
 
-def test_the_language_gap_block_shows_both_encoders_cards_and_its_suite(tmp_path):
-    """`make results` with --suite-gap: the shipped encoder's card and the language-gap encoder's, then that suite's
-    table, between README's suite-gap markers."""
+def test_the_language_gap_block_shows_both_encoders_cards_and_both_suites(tmp_path):
+    """`make results` with --suite-gap: README gets the shipped encoder's card and the language-gap encoder's, then
+    the two suites side by side (shipped / gap per cell); docs/benchmarks.md gets the gap suite's full table."""
     card = json.loads((PHANTOM_ENCODER_DIR / "card.json").read_text())
     ev = card["evaluation"]
     ev["probe_auroc"] = {c: 0.5 + i / 100 for i, c in enumerate(ev["probe_auroc"])}  # concept 0 weakest
@@ -71,10 +71,21 @@ def test_the_language_gap_block_shows_both_encoders_cards_and_its_suite(tmp_path
     ev["zeroshot_auroc"] = dict.fromkeys(ev["zeroshot_auroc"], 0.612)
     gap = tmp_path / "card.json"
     gap.write_text(json.dumps(card))
-    readme = tmp_path / "README.md"
-    readme.write_text("a\n<!-- BEGIN generated: suite-gap -->\nnot yet\n<!-- END generated: suite-gap -->\nb\n")
-    assert main(["--suite-gap", str(_suite_record(tmp_path)), "--gap-card", str(gap), "--readme", str(readme),
-                 "--docs", str(tmp_path)]) == 0
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "gap").mkdir()
+    shipped_suite = _suite_record(tmp_path / "shipped")
+    record = json.loads(shipped_suite.read_text())
+    record["machine"], record["rows"][0]["named"], record["rows"][0]["names_top1"] = "machine: gap", 0, 0.5
+    gap_suite = tmp_path / "gap" / "suite.json"
+    gap_suite.write_text(json.dumps(record))
+    readme, bench = tmp_path / "README.md", tmp_path / "benchmarks.md"
+    readme.write_text("a\n<!-- BEGIN generated: suite -->\n<!-- END generated: suite -->\n"
+                      "<!-- BEGIN generated: suite-gap -->\nnot yet\n<!-- END generated: suite-gap -->\nb\n")
+    bench.write_text("".join(f"<!-- BEGIN generated: {n} -->\n<!-- END generated: {n} -->\n" for n in
+                             ("suite", "suite-gap")))
+    args = ["--suite", str(shipped_suite), "--suite-gap", str(gap_suite), "--gap-card", str(gap), "--readme",
+            str(readme), "--docs", str(tmp_path)]
+    assert main(args) == 0
     text = readme.read_text()
     assert "not yet" not in text and text.startswith("a\n") and text.endswith("\nb\n")
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
@@ -82,8 +93,13 @@ def test_the_language_gap_block_shows_both_encoders_cards_and_its_suite(tmp_path
     first = next(iter(card["evaluation"]["probe_auroc"]))
     assert f"3 of 23 (>= 0.95) | {first} 0.50," in rows["| language gap"]
     assert "0.612 / 0.612 / 0.612 / 0.612 / 0.612 (0.612)" in rows["| language gap"]
-    assert rows["| marker"].startswith("| marker | portable_marker -> Edema | 0.86")
-    assert "machine: test; the configurations' stages took 15 min in all" in text
+    cells = "0.86 / 0.86 | 0.90 / 0.50 | 1.00 / 1.00 | 1/1 / 1/1 | 1/1 / 0/1 | 0/1 / 0/1 | 0 / 0"
+    assert rows["| marker"] == f"| marker | {cells} |"  # shipped / language gap in every cell
+    assert "shipped: machine: test" in text and "language gap: machine: gap" in text
+    docs = bench.read_text()
+    assert "| marker | portable_marker -> Edema | 0.86 | 0.95 | 0.50 | 1.00 | 1/1 | 0/1 | 0/1 |" in docs
+    with pytest.raises(SystemExit):  # a gap suite alone has nothing to compare with
+        main(["--suite-gap", str(gap_suite), "--readme", str(readme), "--docs", str(tmp_path)])
 
 
 def test_the_docs_site_builds_offline(tmp_path):

@@ -8,6 +8,11 @@ the quarter of them where P fires most, minus the same on the half where it fire
 bootstrap band over the films. Nothing here reads planted truth: labels, the decomposition and the patterns'
 categories are what a real run has too.
 
+A concept that follows a finding's **absence** (a collimated film drawn where the finding is not) lowers the logit
+instead; its mirror is measured on the films whose labels say F is present (label 1), where the finding's own
+evidence is there and its own signs of absence are quiet: **lowering** is minus the same lift on those films, with
+its band. Orderings in that direction (``direction=-1``) read it.
+
 A device or artifact pattern is **flagged** for a finding when it stands out among the device and artifact
 patterns: the largest reliance, with the lower end of its band above zero and above the upper end of the
 runner-up's band. Patterns of other categories are ranked but never flagged: a finding that travels with
@@ -26,7 +31,7 @@ from lanic_nb.attribute.core import Attribution, finding_name
 from lanic_nb.attribute.evidence import CONFOUNDER_CATEGORIES
 
 COLUMNS = ("finding", "pattern", "pattern_id", "name", "category", "reliance", "lo", "hi", "rank", "confounder_rank",
-           "flagged", "n_films")
+           "flagged", "n_films", "lowering", "lowering_lo", "lowering_hi", "n_films_with")
 
 
 def reliance_lift(contributions: np.ndarray, activations: np.ndarray, weights: np.ndarray | None = None,
@@ -58,8 +63,9 @@ def reliance_table(attr: Attribution, labels: np.ndarray, table: pd.DataFrame, *
     0 counts as without the finding); table: the pattern table (rows in pattern order, with ``category`` and
     ``concept_1``). Columns: finding, pattern (row of the table), pattern_id, name, category, reliance, lo, hi (the
     ``level`` band of ``n_boot`` bootstrap resamples of the films), rank (1 = largest reliance for the finding),
-    confounder_rank (the same among device and artifact patterns; 0 for the others), flagged, n_films. Sorted by
-    finding, then reliance, largest first.
+    confounder_rank (the same among device and artifact patterns; 0 for the others), flagged, n_films; then
+    lowering, lowering_lo, lowering_hi, n_films_with (the lowering on the films with the finding and its band; NaN
+    where fewer than 4 films have it). Sorted by finding, then reliance, largest first.
     """
     n, n_patterns, n_classes = attr.contributions.shape
     labels = np.asarray(labels, dtype=np.float64)
@@ -74,22 +80,35 @@ def reliance_table(attr: Attribution, labels: np.ndarray, table: pd.DataFrame, *
     ids = table["pattern_id"].to_numpy() if "pattern_id" in table else np.arange(n_patterns)
     confounder = np.isin(cats, CONFOUNDER_CATEGORIES)
     activations = attr.activations.double().numpy()
-    rng = np.random.default_rng(seed)
+    rng, rng_with = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    quantiles = [(1 - level) / 2, (1 + level) / 2]
     frames = []
     for c in range(n_classes):
         rows = np.flatnonzero(labels[:, c] == 0)
         if len(rows) < 4 or n_patterns == 0:  # a quarter and a half of the films must differ
             continue
-        contrib = attr.contributions[torch.from_numpy(rows), :, c].double().numpy()  # (m, P)
-        act = activations[rows]
-        lift = reliance_lift(contrib, act)
-        counts = rng.multinomial(len(rows), np.full(len(rows), 1 / len(rows)), size=n_boot)  # (B, m)
-        band = np.nanquantile(reliance_lift(contrib, act, counts), [(1 - level) / 2, (1 + level) / 2], axis=0)
-        frames.append(_ranked(finding_name(c, n_classes), lift, band, confounder, names, cats, ids, len(rows)))
+        lift, band = _lift_and_band(attr, activations, rows, c, 1, rng, n_boot, quantiles)
+        frame = _ranked(finding_name(c, n_classes), lift, band, confounder, names, cats, ids, len(rows))
+        with_rows = np.flatnonzero(labels[:, c] == 1)
+        if len(with_rows) >= 4:
+            low, low_band = _lift_and_band(attr, activations, with_rows, c, -1, rng_with, n_boot, quantiles)
+        else:
+            low, low_band = np.full(n_patterns, np.nan), np.full((2, n_patterns), np.nan)
+        frames.append(frame.assign(lowering=low, lowering_lo=low_band[0], lowering_hi=low_band[1],
+                                   n_films_with=len(with_rows)))
     if not frames:
         return pd.DataFrame(columns=list(COLUMNS))
     out = pd.concat(frames, ignore_index=True)
     return out.sort_values(["finding", "reliance"], ascending=[True, False], kind="stable").reset_index(drop=True)
+
+
+def _lift_and_band(attr: Attribution, activations: np.ndarray, rows: np.ndarray, c: int, sign: int,
+                   rng: np.random.Generator, n_boot: int, quantiles: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """``sign`` times the lift of finding ``c``'s logit on ``rows``, and its bootstrap band (2, P)."""
+    contrib = sign * attr.contributions[torch.from_numpy(rows), :, c].double().numpy()  # (m, P)
+    act = activations[rows]
+    counts = rng.multinomial(len(rows), np.full(len(rows), 1 / len(rows)), size=n_boot)  # (B, m)
+    return reliance_lift(contrib, act), np.nanquantile(reliance_lift(contrib, act, counts), quantiles, axis=0)
 
 
 def _column(table: pd.DataFrame, name: str, n: int) -> np.ndarray:
@@ -121,9 +140,9 @@ SHORTCUT_CATEGORIES: tuple[str, ...] = (*CONFOUNDER_CATEGORIES, "structural")
 
 def shortcut_rank(reliance: pd.DataFrame, finding: str, pattern: int, direction: int = 1,
                   categories: tuple[str, ...] = SHORTCUT_CATEGORIES) -> int:
-    """Where ``pattern`` stands among ``finding``'s patterns of ``categories`` by reliance times ``direction`` (1:
-    lifts the finding, -1: lowers it, as a concept that follows the finding's absence does), largest first; 0 when
-    the pattern is not of those categories."""
+    """Where ``pattern`` stands among ``finding``'s patterns of ``categories`` in ``direction`` (1: by reliance, what
+    lifts the finding; -1: by lowering, as a concept that follows the finding's absence does), largest first; 0
+    when the pattern is not of those categories."""
     order = _ordered(reliance, finding, direction, categories)
     if pattern not in set(order["pattern"]):
         return 0
@@ -131,15 +150,20 @@ def shortcut_rank(reliance: pd.DataFrame, finding: str, pattern: int, direction:
 
 
 def _ordered(reliance: pd.DataFrame, finding: str, direction: int, categories: tuple[str, ...]) -> pd.DataFrame:
-    """``finding``'s rows of ``categories``, largest reliance times ``direction`` first."""
+    """``finding``'s rows of ``categories``, strongest in ``direction`` first: reliance for 1, lowering for -1 (minus
+    reliance for a table without that column); NaN last."""
     g = reliance[(reliance["finding"] == finding) & reliance["category"].isin(categories)]
-    return g.iloc[np.argsort(-(direction * g["reliance"].astype(float).to_numpy()), kind="stable")]
+    if direction < 0 and "lowering" in g:
+        key = g["lowering"].astype(float).to_numpy()
+    else:
+        key = np.sign(direction) * g["reliance"].astype(float).to_numpy()
+    return g.iloc[np.argsort(-np.nan_to_num(key, nan=-np.inf), kind="stable")]
 
 
 def by_name(reliance: pd.DataFrame, finding: str, direction: int = 1,
             categories: tuple[str, ...] = SHORTCUT_CATEGORIES) -> pd.DataFrame:
     """``finding``'s rows of ``categories`` read by name, as a user reads the table: each name keeps its best pattern
-    by reliance times ``direction``, names ordered best first, ranked from 1 (the index)."""
+    in ``direction`` (``_ordered``), names ordered best first, ranked from 1 (the index)."""
     out = _ordered(reliance, finding, direction, categories).drop_duplicates("name", keep="first")
     out = out.reset_index(drop=True)
     out.index += 1

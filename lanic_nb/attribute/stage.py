@@ -28,7 +28,7 @@ from lanic_nb.attribute.core import (
     summary_table,
     term_sizes,
 )
-from lanic_nb.attribute.evidence import evidence_shares
+from lanic_nb.attribute.evidence import CONFOUNDER_CATEGORIES, evidence_shares
 from lanic_nb.attribute.faithfulness import deletion_test, insertion_curves
 from lanic_nb.attribute.ood import (
     SCORES_FILE,
@@ -39,7 +39,7 @@ from lanic_nb.attribute.ood import (
     pool_rows,
     unexplained_share,
 )
-from lanic_nb.attribute.reliance import concept_rank, leans_on, reliance_table, shortcut_rank
+from lanic_nb.attribute.reliance import SHORTCUT_CATEGORIES, concept_rank, leans_on, reliance_table, shortcut_rank
 from lanic_nb.attribute.shortcut import is_named, shortcut_check
 from lanic_nb.attribute.views import plot_insertion, plot_mass_distribution, plot_reliance
 from lanic_nb.checks import check_selection, require_at_least_one
@@ -223,13 +223,21 @@ def run_attribution(run_dir: str | Path, config: AttributionConfig | None = None
                              metrics=metrics)
 
 
+def rank_categories(concept: str, vocab: pd.DataFrame) -> tuple[str, ...]:
+    """The categories a planted concept is ranked among: a device or artifact among the device and artifact patterns
+    (the ones a flag may single out), a structural concept among those and the structural patterns."""
+    category = vocab.loc[vocab["concept"] == concept, "category"]
+    return SHORTCUT_CATEGORIES if len(category) and category.iloc[0] == "structural" else CONFOUNDER_CATEGORIES
+
+
 def planted_reliance(reliance: pd.DataFrame, finding: str, pattern: int, direction: int = 1,
                      concept: str | None = None) -> dict:
     """Where the planted shortcut's pattern stands in its finding's reliance: its reliance and band, its rank among
     the device and artifact patterns (0: the pattern is of another category), whether it is flagged, and its rank
     among the device, artifact and structural patterns in the shortcut's ``direction`` (``shortcut_rank``). With
     ``concept``: also the concept's rank by name (``concept_rank``: the best of the patterns named for it, as a user
-    reads the table), the pattern that carries it and whether that one is flagged."""
+    reads the table) among the patterns of its own kind (``rank_categories``), the pattern that carries it and
+    whether that one is flagged."""
     row = reliance[(reliance["finding"] == finding) & (reliance["pattern"] == pattern)]
     if row.empty:
         return {}
@@ -240,7 +248,7 @@ def planted_reliance(reliance: pd.DataFrame, finding: str, pattern: int, directi
     if concept is not None:
         vocab = load_vocabulary()
         names = {n for n in reliance["name"].astype(str).unique() if is_named(n, concept, vocab)}
-        rank, carrier = concept_rank(reliance, finding, names, direction)
+        rank, carrier = concept_rank(reliance, finding, names, direction, rank_categories(concept, vocab))
         hit = reliance[(reliance["finding"] == finding) & (reliance["pattern"] == carrier)]
         out |= {"concept_rank": rank, "concept_pattern": carrier,
                 "concept_flagged": bool(hit["flagged"].iloc[0]) if len(hit) else False}

@@ -129,3 +129,46 @@ def test_concept_rank_reads_names_as_a_user_does():
     assert concept_rank(rel, "F", {"grid"}) == (3, 5) and concept_rank(rel, "F", {"grid"}, direction=-1) == (1, 5)
     assert concept_rank(rel, "F", {"lungs"}) == (0, None)  # a finding's own category is not ranked
     assert concept_rank(rel, "F", set()) == (0, None) and concept_rank(rel, "G", {"marker"}) == (0, None)
+
+
+def test_lowering_is_the_mirror_on_films_with_the_finding():
+    """A concept drawn where finding 0 is absent (collimation) and lowering its logit: measured on the films that have
+    the finding, it leads in the lowering direction; the column equals a plain reference on those films."""
+    rng = np.random.default_rng(5)
+    n = 400
+    has = rng.random(n) < 0.3
+    collimation = rng.random(n) < np.where(has, 0.3, 0.6)
+    tube = rng.random(n) < 0.4
+    act = np.stack([collimation * rng.uniform(0.5, 1.5, n), tube * rng.uniform(0.5, 1.5, n),
+                    has * rng.uniform(0.5, 1.5, n)], 1)
+    effect = np.array([[-1.0], [0.05], [2.0]])
+    contributions = torch.from_numpy(act[:, :, None] * effect[None] + rng.normal(0, 0.02, (n, 3, 1)))
+    zeros = torch.zeros(n, 1, dtype=torch.float64)
+    attr = Attribution(contributions, zeros, torch.zeros(1, dtype=torch.float64), zeros, contributions.sum(1),
+                       torch.from_numpy(act))
+    labels = has[:, None].astype(float)
+    table = pd.DataFrame({"pattern_id": np.arange(3), "category": ["artifact", "device", "pulmonary"],
+                          "concept_1": ["collimation", "tube", "consolidation"]})
+    rel = reliance_table(attr, labels, table, n_boot=100).set_index("pattern")
+    with_rows = np.flatnonzero(has)
+    reference = -_plain_lift(contributions[with_rows, :, 0].numpy(), act[with_rows])
+    np.testing.assert_allclose(rel.loc[[0, 1, 2], "lowering"].to_numpy(), reference, atol=1e-12)
+    assert rel.loc[0, "lowering"] == pytest.approx(1.0, abs=0.15)
+    assert rel.loc[0, "lowering_lo"] <= rel.loc[0, "lowering"] <= rel.loc[0, "lowering_hi"]
+    assert (rel["n_films_with"] == has.sum()).all()
+    reset = rel.reset_index()
+    assert concept_rank(reset, "0", {"collimation"}, direction=-1) == (1, 0)
+    assert concept_rank(reset, "0", {"collimation"}) == (2, 0)  # it lifts nothing
+    few = labels.copy()
+    few[with_rows[3:], 0] = np.nan  # three films with the finding: no lowering
+    assert reliance_table(attr, few, table, n_boot=10)["lowering"].isna().all()
+
+
+def test_a_planted_concept_is_ranked_among_patterns_of_its_kind():
+    from lanic_nb.attribute.stage import rank_categories
+    from lanic_nb.concepts.vocabulary import load_vocabulary
+
+    vocab = load_vocabulary()
+    assert set(rank_categories("portable_marker", vocab)) == {"device", "artifact"}
+    assert set(rank_categories("central_venous_catheter", vocab)) == {"device", "artifact"}
+    assert set(rank_categories("scoliosis", vocab)) == {"device", "artifact", "structural"}
