@@ -253,16 +253,16 @@ COMPARE_COLUMNS = {"recovery": "recovery", "names_top1": "names top-1", "names_c
 
 
 def suite_comparison_markdown(suites: dict[str, Path]) -> str:
-    """The suite's key columns per configuration with two (or more) encoders side by side, ``A / B`` in each cell,
+    """The suite's key columns per configuration with two (or more) encoders side by side, ``A → B`` in each cell,
     in the order of ``suites``; configurations missing from one suite show ``?`` there."""
     records = {label: json.loads(Path(p).read_text()) for label, p in suites.items()}
     by_config = {label: {row["config"]: row for row in r["rows"]} for label, r in records.items()}
     order = list(dict.fromkeys(c for rows in by_config.values() for c in rows))
-    labels = " / ".join(suites)
+    labels = " → ".join(suites)
     out = [f"| configuration ({labels}) | " + " | ".join(COMPARE_COLUMNS.values()) + " |",
            "| --- |" + " --- |" * len(COMPARE_COLUMNS)]
     for config in order:
-        cells = [" / ".join(_suite_cell(rows[config], col) if config in rows else "?" for rows in by_config.values())
+        cells = [" → ".join(_suite_cell(rows[config], col) if config in rows else "?" for rows in by_config.values())
                  for col in COMPARE_COLUMNS]
         out.append(f"| {config} | " + " | ".join(cells) + " |")
     out += [""] + [f"{label}: {r['machine']}" for label, r in records.items()]

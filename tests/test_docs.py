@@ -63,7 +63,7 @@ def test_the_suite_table_comes_from_its_record(tmp_path):
 
 def test_the_language_gap_block_shows_both_encoders_cards_and_both_suites(tmp_path):
     """`make results` with --suite-gap: README gets the shipped encoder's card and the language-gap encoder's, then
-    the two suites side by side (shipped / gap per cell); docs/benchmarks.md gets the gap suite's full table."""
+    the two suites side by side (shipped → gap per cell); docs/benchmarks.md gets the gap suite's full table."""
     card = json.loads((PHANTOM_ENCODER_DIR / "card.json").read_text())
     ev = card["evaluation"]
     ev["probe_auroc"] = {c: 0.5 + i / 100 for i, c in enumerate(ev["probe_auroc"])}  # concept 0 weakest
@@ -86,15 +86,15 @@ def test_the_language_gap_block_shows_both_encoders_cards_and_both_suites(tmp_pa
     args = ["--suite", str(shipped_suite), "--suite-gap", str(gap_suite), "--gap-card", str(gap), "--readme",
             str(readme), "--docs", str(tmp_path)]
     assert main(args) == 0
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     assert "not yet" not in text and text.startswith("a\n") and text.endswith("\nb\n")
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
     assert "21 of 23" in rows["| shipped"] and "(0.996)" in rows["| shipped"]
     first = next(iter(card["evaluation"]["probe_auroc"]))
     assert f"3 of 23 (>= 0.95) | {first} 0.50," in rows["| language gap"]
     assert "0.612 / 0.612 / 0.612 / 0.612 / 0.612 (0.612)" in rows["| language gap"]
-    cells = "0.86 / 0.86 | 0.90 / 0.50 | 1.00 / 1.00 | 1/1 / 1/1 | 1/1 / 0/1 | 0/1 / 0/1 | 0 / 0"
-    assert rows["| marker"] == f"| marker | {cells} |"  # shipped / language gap in every cell
+    cells = "0.86 → 0.86 | 0.90 → 0.50 | 1.00 → 1.00 | 1/1 → 1/1 | 1/1 → 0/1 | 0/1 → 0/1 | 0 → 0"
+    assert rows["| marker"] == f"| marker | {cells} |"  # shipped → language gap in every cell
     assert "shipped: machine: test" in text and "language gap: machine: gap" in text
     docs = bench.read_text()
     assert "| marker | portable_marker -> Edema | 0.86 | 0.95 | 0.50 | 1.00 | 1/1 | 0/1 | 0/1 |" in docs
