@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--settings-only", action="store_true", help="write docs/settings.md only")
     args = ap.parse_args(argv)
+    if args.suite_gap is not None and args.suite is None:  # before anything is written
+        ap.error("--suite-gap compares with the shipped encoder's suite: give --suite as well")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     log.info("wrote %s", write_text(args.docs / "settings.md", settings_markdown()))
     if args.settings_only:
@@ -320,12 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         log.info("wrote %s", write_text(args.docs / "results.md", results_markdown(runs, command)))
         log.info("updated %s", update_block(args.readme, "figures", figures_table(runs)))
     if args.suite is not None:
-        log.info("updated %s", update_block(args.readme, "suite", suite_markdown(args.suite)))
-    if args.suite is not None:
-        log.info("updated %s", update_block(args.docs / "benchmarks.md", "suite", suite_markdown(args.suite)))
+        table = suite_markdown(args.suite)
+        log.info("updated %s", update_block(args.readme, "suite", table))
+        log.info("updated %s", update_block(args.docs / "benchmarks.md", "suite", table))
     if args.suite_gap is not None:
-        if args.suite is None:
-            ap.error("--suite-gap compares with the shipped encoder's suite: give --suite as well")
         cards = {"shipped": PHANTOM_ENCODER_DIR / "card.json", "language gap": args.gap_card}
         suites = {"shipped": args.suite, "language gap": args.suite_gap}
         body = encoder_cards_markdown(cards) + "\n\n" + suite_comparison_markdown(suites)
